@@ -1,0 +1,60 @@
+"""``rkd data``: list registered datasets, show one, check that it loads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "data",
+        help="list, describe and check datasets",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  rkd data list\n  rkd data info scifact\n  rkd data check trec-dl-2019-passage",
+    )
+    action = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    action.add_parser("list", help="registered dataset names").set_defaults(func=_list)
+    info = action.add_parser("info", help="a dataset's manifest: files, license, conventions")
+    info.add_argument("dataset")
+    info.set_defaults(func=_info)
+    check = action.add_parser("check", help="load a dataset fully: counts, and errors for malformed input")
+    check.add_argument("dataset", help="registered name, BEIR folder, or irds:<id>")
+    check.set_defaults(func=_check)
+
+
+def _list(args) -> int:
+    from retrieval_kd.data import get_manifest, list_datasets
+
+    for name in list_datasets():
+        m = get_manifest(name)
+        print(f"{name:28s} splits={','.join(m.splits):10s} {m.description[:70]}")
+    return 0
+
+
+def _info(args) -> int:
+    from dataclasses import asdict
+
+    from retrieval_kd.data import get_manifest
+
+    m = get_manifest(args.dataset)
+    out = asdict(m)
+    out["source"] = str(m.source)
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def _check(args) -> int:
+    from retrieval_kd.data import load_collection
+
+    c = load_collection(args.dataset)
+    n_docs = c.corpus.validate() if c.corpus is not None else 0
+    print(f"dataset {c.name}")
+    print(f"  corpus   {n_docs} documents" + (f" ({c.corpus.path})" if c.corpus else " (none)"))
+    print(f"  queries  {len(c.all_queries)} ({c.queries_path})")
+    for split in c.splits:
+        qrels = c.qrels(split)
+        n = sum(len(v) for v in qrels.values())
+        print(f"  qrels    {split}: {len(qrels)} queries, {n} judgements ({c.qrels_paths[split]})")
+    print(f"  conventions: {c.conventions}")
+    return 0

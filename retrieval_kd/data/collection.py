@@ -1,0 +1,228 @@
+"""A collection: corpus, queries and qrels per split, with the evaluation conventions of its dataset.
+
+:func:`load_collection` resolves a dataset reference:
+
+* a registered name (``scifact``, ``trec-dl-2019-passage``, ``cranfield``, ``msmarco-passage-dl19``, ...): its
+  manifest in ``data/manifests`` says which files it has, and each file is taken from the first place that has
+  it: the mirror folder ``$RKD_DATA_MIRROR/<mirror_folder>/`` (read only), the cache ``data/cache/<name>/``,
+  or the official URL (checksum verified, then cached);
+* a local folder in BEIR layout (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``);
+* an ir_datasets id with the ``irds:`` prefix (``irds:beir/scifact/test``), exported once into the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from retrieval_kd.data.corpus import Corpus
+from retrieval_kd.data.download import URLError, download, extract_zip
+from retrieval_kd.data.formats import Qrels, read_qrels, read_queries
+from retrieval_kd.data.registry import Conventions, FileSpec, Manifest, get_manifest, list_datasets
+from retrieval_kd.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Collection", "DatasetUnavailableError", "load_collection", "MIRROR_ENV"]
+
+MIRROR_ENV = "RKD_DATA_MIRROR"
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A dataset file is in no mirror, not cached, and could not be downloaded."""
+
+
+@dataclass
+class Collection:
+    """Corpus, queries and per-split qrels of one dataset.
+
+    Attributes:
+        name: the reference it was loaded from.
+        corpus: the :class:`Corpus`, or None for topic/qrels-only datasets (MS MARCO DL topics).
+        queries_path: the queries file.
+        qrels_paths: split -> qrels file.
+        conventions: relevance level, identical-id removal and default metrics.
+        manifest: the registry entry, for registered datasets.
+    """
+
+    name: str
+    corpus: Corpus | None
+    queries_path: Path | None
+    qrels_paths: dict[str, Path]
+    conventions: Conventions = field(default_factory=Conventions)
+    manifest: Manifest | None = None
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.qrels_paths)
+
+    @cached_property
+    def all_queries(self) -> dict[str, str]:
+        if self.queries_path is None:
+            raise DatasetUnavailableError(f"dataset {self.name!r} has no queries file")
+        return read_queries(self.queries_path)
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.qrels_paths:
+            raise KeyError(f"dataset {self.name!r} has no split {split!r}; its splits: {', '.join(self.splits)}")
+
+    def qrels(self, split: str) -> Qrels:
+        """Judgements of a split. Judged docs missing from the corpus are counted in a warning (once)."""
+        self._check_split(split)
+        if split not in self._qrels_cache:
+            qrels = read_qrels(self.qrels_paths[split])
+            if self.corpus is not None:
+                judged = {d for docs in qrels.values() for d in docs}
+                missing = sum(1 for d in judged if d not in self.corpus)
+                if missing:
+                    logger.warning(
+                        "%s: %d of %d judged doc ids in split %r are not in the corpus %s",
+                        self.name, missing, len(judged), split, self.corpus.path,
+                    )
+            unknown = set(qrels) - set(self.all_queries)
+            if unknown:
+                logger.warning(
+                    "%s: %d query ids in the %r qrels have no query text (e.g. %r)",
+                    self.name, len(unknown), split, sorted(unknown)[0],
+                )
+            self._qrels_cache[split] = qrels
+        return self._qrels_cache[split]
+
+    def queries(self, split: str | None = None) -> dict[str, str]:
+        """Queries judged in ``split`` (as BEIR's loader returns them), or all queries when split is None."""
+        if split is None:
+            return dict(self.all_queries)
+        qrels = self.qrels(split)
+        return {qid: text for qid, text in self.all_queries.items() if qid in qrels}
+
+    @cached_property
+    def _qrels_cache(self) -> dict[str, Qrels]:
+        return {}
+
+    def __repr__(self) -> str:
+        n = "no corpus" if self.corpus is None else str(self.corpus.path)
+        return f"Collection({self.name!r}, {n}, splits={self.splits})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def load_collection(ref: str, mirror: str | os.PathLike | None = None) -> Collection:
+    """Resolve a dataset reference (registered name, BEIR folder, or ``irds:`` id) to a :class:`Collection`.
+
+    Args:
+        ref: the reference.
+        mirror: a mirror folder; defaults to ``$RKD_DATA_MIRROR``.
+
+    Raises:
+        DatasetUnavailableError: a file is in no mirror or cache and cannot be downloaded.
+        KeyError: the reference is neither registered, nor a folder, nor an ir_datasets id.
+    """
+    if ref.startswith("irds:"):
+        from retrieval_kd.data.irds import load_irds
+
+        return load_irds(ref[len("irds:"):])
+    if ref in list_datasets():
+        return _load_registered(get_manifest(ref), mirror)
+    path = Path(ref)
+    if path.is_dir():
+        return load_beir_folder(path)
+    raise KeyError(
+        f"unknown dataset {ref!r}: not a registered name ({', '.join(list_datasets())}), "
+        "not a folder in BEIR layout, and not an ir_datasets id (irds:...)"
+    )
+
+
+def load_beir_folder(path: str | os.PathLike, name: str | None = None) -> Collection:
+    """A folder in BEIR layout: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+    path = Path(path)
+    corpus = _first_existing([path / "corpus.jsonl", path / "corpus.jsonl.gz"])
+    queries = _first_existing([path / "queries.jsonl", path / "queries.jsonl.gz", path / "queries.tsv"])
+    qrels = {p.name.split(".")[0]: p for p in sorted((path / "qrels").glob("*.tsv*"))}
+    if corpus is None or queries is None or not qrels:
+        raise DatasetUnavailableError(
+            f"{path} is not in BEIR layout: it needs corpus.jsonl[.gz], queries.jsonl and qrels/<split>.tsv "
+            f"(found corpus={corpus is not None}, queries={queries is not None}, qrels splits={list(qrels)})"
+        )
+    return Collection(name or str(path), Corpus(corpus), queries, qrels)
+
+
+def _first_existing(paths: list[Path]) -> Path | None:
+    return next((p for p in paths if p.is_file()), None)
+
+
+def _variants(path: Path) -> list[Path]:
+    """A file and its gzipped / un-gzipped twin."""
+    if path.suffix == ".gz":
+        return [path, path.with_suffix("")]
+    return [path, path.with_name(path.name + ".gz")]
+
+
+def _mirror_root(mirror: str | os.PathLike | None) -> Path | None:
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    return Path(mirror) if mirror else None
+
+
+def _resolve_file(manifest: Manifest, spec: FileSpec, mirror: Path | None) -> Path:
+    candidates = []
+    if mirror is not None:
+        candidates += _variants(mirror / (manifest.mirror_folder or manifest.name) / spec.path)
+    cached = cache_dir() / manifest.name / spec.path
+    candidates += _variants(cached)
+    found = _first_existing(candidates)
+    if found is not None:
+        return found
+    url = spec.url or (manifest.archive or {}).get("url")
+    try:
+        if spec.url:
+            return download(spec.url, cached, sha256=spec.sha256)
+        if manifest.archive:
+            archive = manifest.archive
+            zip_path = cache_dir() / manifest.name / Path(archive["url"]).name
+            if not zip_path.exists():
+                download(archive["url"], zip_path, md5=archive.get("md5"), sha256=archive.get("sha256"), gunzip=False)
+            extract_zip(zip_path, cache_dir() / manifest.name, archive.get("member_prefix", ""))
+            found = _first_existing(_variants(cached))
+            if found is None:
+                raise DatasetUnavailableError(f"{archive['url']} does not contain {spec.path}")
+            if spec.sha256:
+                from retrieval_kd.data.download import ChecksumError, sha256_of_content
+
+                if sha256_of_content(found) != spec.sha256:
+                    found.unlink()
+                    raise ChecksumError(f"{spec.path} from {archive['url']}: sha256 differs from the manifest")
+            return found
+    except (URLError, OSError, TimeoutError) as exc:
+        if isinstance(exc, DatasetUnavailableError):
+            raise
+        if exc.__class__.__name__ == "ChecksumError":
+            raise
+        reason = str(getattr(exc, "reason", exc))
+        raise DatasetUnavailableError(_unavailable_message(manifest, spec, mirror, url, reason)) from exc
+    raise DatasetUnavailableError(_unavailable_message(manifest, spec, mirror, None, "no official download exists"))
+
+
+def _unavailable_message(manifest: Manifest, spec: FileSpec, mirror: Path | None, url: str | None, reason: str) -> str:
+    folder = manifest.mirror_folder or manifest.name
+    where = f"the mirror {mirror} has no {folder}/{spec.path}" if mirror else f"{MIRROR_ENV} is not set"
+    lines = [
+        f"dataset {manifest.name!r}: cannot get {spec.path}: {where}, it is not cached in "
+        f"{cache_dir() / manifest.name}, and the download failed.",
+        f"  official URL: {url or '(none)'} ({reason})",
+        f"  to work offline, point {MIRROR_ENV} at a folder holding {folder}/{spec.path} in BEIR layout, "
+        f"e.g. export {MIRROR_ENV}=/path/to/mirror",
+    ]
+    if spec.alternative:
+        lines.append(f"  online, the same data is available as {spec.alternative}")
+    return "\n".join(lines)
+
+
+def _load_registered(manifest: Manifest, mirror: str | os.PathLike | None) -> Collection:
+    root = _mirror_root(mirror)
+    corpus = None
+    if manifest.corpus is not None:
+        corpus = Corpus(_resolve_file(manifest, manifest.corpus, root))
+    queries = _resolve_file(manifest, manifest.queries, root) if manifest.queries else None
+    qrels = {split: _resolve_file(manifest, spec, root) for split, spec in manifest.qrels.items()}
+    return Collection(manifest.name, corpus, queries, qrels, manifest.conventions, manifest)

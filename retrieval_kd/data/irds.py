@@ -1,0 +1,79 @@
+"""ir_datasets ids (``irds:beir/scifact/test``) as collections.
+
+ir_datasets downloads and verifies the official files itself. This adapter exports its docs, queries and
+qrels once, streaming, into BEIR layout under ``data/cache/irds/<id>/`` (written atomically), so the rest of the
+project sees one kind of collection. The qrels split is the id's last component when it names a split
+(``train``, ``dev``, ``test``, ...), else ``test``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from retrieval_kd.data.formats import atomic_write
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_irds", "export_irds"]
+
+_SPLITS = {"train", "dev", "test", "validation", "val", "eval"}
+
+
+def _split_of(dataset_id: str) -> str:
+    last = dataset_id.rstrip("/").split("/")[-1]
+    return last if last in _SPLITS else "test"
+
+
+def _text_of(obj) -> str:
+    for field in ("text", "body", "abstract", "passage", "default_text"):
+        value = getattr(obj, field, None)
+        if callable(value):
+            value = value()
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"cannot find a text field in {type(obj).__name__} (fields: {getattr(obj, '_fields', ())})")
+
+
+def export_irds(dataset, folder: Path, split: str) -> Path:
+    """Write an ir_datasets dataset (anything with docs_iter/queries_iter/qrels_iter) in BEIR layout."""
+    from retrieval_kd.utils.progress import progress
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if dataset.has_docs() and not (folder / "corpus.jsonl").exists():
+        with atomic_write(folder / "corpus.jsonl") as fh:
+            for doc in progress(dataset.docs_iter(), desc="export docs", unit="doc"):
+                title = getattr(doc, "title", "") or ""
+                fh.write(json.dumps({"_id": doc.doc_id, "title": title, "text": _text_of(doc)}) + "\n")
+    if dataset.has_queries() and not (folder / "queries.jsonl").exists():
+        with atomic_write(folder / "queries.jsonl") as fh:
+            for query in dataset.queries_iter():
+                fh.write(json.dumps({"_id": query.query_id, "text": _text_of(query)}) + "\n")
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if dataset.has_qrels() and not qrels_path.exists():
+        with atomic_write(qrels_path) as fh:
+            fh.write("query-id\tcorpus-id\tscore\n")
+            for qrel in dataset.qrels_iter():
+                fh.write(f"{qrel.query_id}\t{qrel.doc_id}\t{int(qrel.relevance)}\n")
+    return folder
+
+
+def load_irds(dataset_id: str, dataset=None):
+    """Load ``dataset_id`` through ir_datasets (``dataset`` may be passed in directly, e.g. in tests)."""
+    from retrieval_kd.data.collection import Collection, load_beir_folder
+    from retrieval_kd.data.corpus import Corpus
+    from retrieval_kd.paths import cache_dir
+
+    if dataset is None:
+        import ir_datasets
+
+        dataset = ir_datasets.load(dataset_id)
+    split = _split_of(dataset_id)
+    folder = export_irds(dataset, cache_dir() / "irds" / dataset_id.replace("/", "__"), split)
+    if (folder / "corpus.jsonl").exists() and (folder / "qrels").exists():
+        return load_beir_folder(folder, name=f"irds:{dataset_id}")
+    corpus = Corpus(folder / "corpus.jsonl") if (folder / "corpus.jsonl").exists() else None
+    qrels = {p.stem: p for p in (folder / "qrels").glob("*.tsv")} if (folder / "qrels").exists() else {}
+    queries = folder / "queries.jsonl" if (folder / "queries.jsonl").exists() else None
+    return Collection(f"irds:{dataset_id}", corpus, queries, qrels)

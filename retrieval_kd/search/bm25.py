@@ -1,0 +1,172 @@
+"""BM25 retrieval on bm25s (Lu 2024, "BM25S: Orders of magnitude faster lexical search via eager sparse scoring").
+
+No BM25 is written here: bm25s scores, PyStemmer stems. This module adds what a retrieval toolkit needs on top:
+building from a streaming :class:`~retrieval_kd.data.Corpus`, a persisted index folder with its doc-id map and a
+JSON sidecar of its parameters, batched top-k search into a run dict, and scoring given candidates (the BM25
+teacher reranks with it).
+
+Defaults follow the usual BEIR baseline (Pyserini/Anserini): Lucene BM25 with k1=0.9, b=0.4, English
+stopwords and Snowball stemming, documents indexed as ``title + " " + text``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BM25Params", "BM25Index"]
+
+_SIDECAR = "rkd_index.json"
+
+
+@dataclass(frozen=True)
+class BM25Params:
+    k1: float = 0.9
+    b: float = 0.4
+    method: str = "lucene"
+    stemmer: str | None = "english"
+    stopwords: str | None = "en"
+    lower: bool = True
+
+
+class BM25Index:
+    """A bm25s index over a corpus, with the doc ids in corpus order.
+
+    Build with :meth:`build`, persist with :meth:`save`, reopen with :meth:`load`.
+    """
+
+    def __init__(self, retriever, tokenizer, doc_ids: list[str], params: BM25Params, meta: dict | None = None):
+        self.retriever = retriever
+        self.tokenizer = tokenizer
+        self.doc_ids = doc_ids
+        self.params = params
+        self.meta = dict(meta or {})
+        self._row_of: dict[str, int] | None = None
+
+    @staticmethod
+    def _make_tokenizer(params: BM25Params):
+        import bm25s.tokenization
+
+        stemmer = None
+        if params.stemmer:
+            import Stemmer
+
+            stemmer = Stemmer.Stemmer(params.stemmer)
+        return bm25s.tokenization.Tokenizer(lower=params.lower, stopwords=params.stopwords or [], stemmer=stemmer)
+
+    @classmethod
+    def build(
+        cls,
+        documents: Iterable[Mapping[str, str]],
+        params: BM25Params | None = None,
+        meta: dict | None = None,
+        show_progress: bool = False,
+    ) -> BM25Index:
+        """Index documents (dicts with ``_id``, ``title``, ``text``), streamed once."""
+        import bm25s
+
+        params = params or BM25Params()
+        tokenizer = cls._make_tokenizer(params)
+        doc_ids: list[str] = []
+
+        def texts():
+            for doc in documents:
+                doc_ids.append(doc["_id"])
+                title = doc.get("title") or ""
+                yield f"{title} {doc['text']}".strip() if title else doc["text"]
+
+        n_docs = len(documents) if hasattr(documents, "__len__") else None
+        stream = texts() if n_docs is not None else list(texts())  # bm25s needs the length of a generator
+        tokens = tokenizer.tokenize(
+            stream, update_vocab=True, return_as="tuple", show_progress=show_progress, length=n_docs
+        )
+        retriever = bm25s.BM25(k1=params.k1, b=params.b, method=params.method)
+        retriever.index(tokens, show_progress=show_progress)
+        logger.info("BM25 index: %d documents, %d terms", len(doc_ids), len(tokenizer.get_vocab_dict()))
+        return cls(retriever, tokenizer, doc_ids, params, meta)
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index folder atomically (a temporary folder renamed into place)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.retriever.save(str(tmp), show_progress=False)
+        self.tokenizer.save_vocab(str(tmp))
+        self.tokenizer.save_stopwords(str(tmp))
+        (tmp / "docids.json").write_text(json.dumps(self.doc_ids))
+        sidecar = {"type": "bm25", "library": "bm25s", "params": asdict(self.params), "documents": len(self.doc_ids)}
+        sidecar.update(self.meta)
+        (tmp / _SIDECAR).write_text(json.dumps(sidecar, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BM25Index:
+        import bm25s
+
+        path = Path(path)
+        sidecar_path = path / _SIDECAR
+        if not sidecar_path.exists():
+            raise FileNotFoundError(f"{path} is not a BM25 index folder (no {_SIDECAR})")
+        sidecar = json.loads(sidecar_path.read_text())
+        params = BM25Params(**sidecar["params"])
+        tokenizer = cls._make_tokenizer(params)
+        tokenizer.load_vocab(str(path))
+        tokenizer.load_stopwords(str(path))
+        retriever = bm25s.BM25.load(str(path), load_corpus=False)
+        doc_ids = json.loads((path / "docids.json").read_text())
+        meta = {k: v for k, v in sidecar.items() if k not in ("type", "library", "params", "documents")}
+        return cls(retriever, tokenizer, doc_ids, params, meta)
+
+    # -- search ------------------------------------------------------------------------------------------------
+    def _tokenize_queries(self, texts: list[str]):
+        return self.tokenizer.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+
+    def search(
+        self,
+        queries: Mapping[str, str],
+        top_k: int = 1000,
+        n_threads: int = 0,
+        show_progress: bool = False,
+    ) -> dict[str, dict[str, float]]:
+        """Top-k documents per query, as a run dict ``{qid: {doc_id: score}}``.
+
+        Documents with a zero score (no query term) are left out, as Lucene does.
+        """
+        qids = list(queries)
+        if not qids:
+            return {}
+        k = min(top_k, len(self.doc_ids))
+        tokens = self._tokenize_queries([queries[q] for q in qids])
+        rows, scores = self.retriever.retrieve(
+            tokens, k=k, show_progress=show_progress, n_threads=n_threads, return_as="tuple"
+        )
+        run: dict[str, dict[str, float]] = {}
+        for qid, r, s in zip(qids, rows, scores):
+            keep = s > 0
+            run[qid] = {self.doc_ids[int(i)]: float(v) for i, v in zip(r[keep], s[keep])}
+        return run
+
+    def score(self, query: str, doc_ids: Iterable[str]) -> np.ndarray:
+        """BM25 scores of given documents for one query (reranking / the BM25 teacher)."""
+        if self._row_of is None:
+            self._row_of = {d: i for i, d in enumerate(self.doc_ids)}
+        tokens = self._tokenize_queries([query])
+        query_ids = tokens.ids[0] if hasattr(tokens, "ids") else tokens[0]
+        all_scores = self.retriever.get_scores(list(query_ids)) if query_ids else np.zeros(len(self.doc_ids))
+        rows = [self._row_of[d] for d in doc_ids]
+        return np.asarray(all_scores, dtype=np.float32)[rows]

@@ -1,0 +1,83 @@
+"""Corpus: streaming iteration, the Arrow store for lookups, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+
+import pytest
+
+from retrieval_kd.data import Corpus, DataFormatError
+from tests.conftest import write_jsonl
+
+DOCS = [
+    {"_id": "a", "title": "T1", "text": "first"},
+    {"_id": "b", "title": "", "text": "second"},
+    {"_id": "10", "title": "T3", "text": "third"},
+]
+
+
+def test_iteration_streams_without_building_the_store(tmp_path):
+    corpus = Corpus(write_jsonl(tmp_path / "corpus.jsonl", DOCS), store_dir=tmp_path / "stores")
+    assert [d["_id"] for d in corpus] == ["a", "b", "10"]
+    assert not (tmp_path / "stores").exists()
+
+
+def test_lookup_by_id_and_texts(tmp_path):
+    corpus = Corpus(write_jsonl(tmp_path / "corpus.jsonl", DOCS), store_dir=tmp_path / "stores")
+    assert len(corpus) == 3
+    assert corpus["10"] == {"_id": "10", "title": "T3", "text": "third"}
+    assert "b" in corpus and "zz" not in corpus
+    assert corpus.texts(["10", "a", "b"]) == ["T3 third", "T1 first", "second"]
+    assert corpus.texts(["a"], with_title=False) == ["first"]
+    assert corpus.ids == ["a", "b", "10"]
+    with pytest.raises(KeyError, match="'zz' is not in"):
+        corpus["zz"]
+    with pytest.raises(KeyError, match="'zz'"):
+        corpus.rows(["a", "zz"])
+    # a second instance reuses the store on disk
+    again = Corpus(tmp_path / "corpus.jsonl", store_dir=tmp_path / "stores")
+    assert again["a"]["text"] == "first"
+    assert len(list((tmp_path / "stores").glob("*.arrow"))) == 1
+
+
+def test_gzip_crlf_bom_corpus(tmp_path):
+    raw = "\r\n".join('{"_id": "%s", "title": "", "text": "%s"}' % (d["_id"], d["text"]) for d in DOCS) + "\r\n"
+    path = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"\xef\xbb\xbf" + raw.encode())
+    corpus = Corpus(path, store_dir=tmp_path / "stores")
+    assert corpus.texts() == ["first", "second", "third"]
+
+
+def test_duplicate_doc_id_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "corpus.jsonl", DOCS + [{"_id": "b", "text": "again"}])
+    with pytest.raises(DataFormatError, match="duplicate document id 'b'"):
+        Corpus(path, store_dir=tmp_path / "stores").validate()
+    assert not list((tmp_path / "stores").glob("*.arrow")), "a failed build must leave no store behind"
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"_id": "a", "text": "x"}\n\n{"_id": "b", "text": "y"\n')
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:3: malformed JSON"):
+        Corpus(path, store_dir=tmp_path / "stores").validate()
+
+
+def test_missing_id_field(tmp_path):
+    path = write_jsonl(tmp_path / "corpus.jsonl", [{"title": "x", "text": "y"}])
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:1: a document needs an '_id'"):
+        list(Corpus(path))
+
+
+def test_empty_text_warns_with_count(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "corpus.jsonl", DOCS + [{"_id": "e1", "text": ""}, {"_id": "e2", "title": " "}])
+    with caplog.at_level(logging.WARNING):
+        assert Corpus(path, store_dir=tmp_path / "stores").validate() == 5
+    assert "2 of 5 documents have empty title and text" in caplog.text
+
+
+def test_hf_dataset_view(tmp_path):
+    corpus = Corpus(write_jsonl(tmp_path / "corpus.jsonl", DOCS), store_dir=tmp_path / "stores")
+    ds = corpus.to_hf_dataset()
+    assert ds.num_rows == 3 and ds[2]["_id"] == "10"
