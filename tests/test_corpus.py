@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 
 import pytest
@@ -42,7 +43,7 @@ def test_lookup_by_id_and_texts(tmp_path):
 
 
 def test_gzip_crlf_bom_corpus(tmp_path):
-    raw = "\r\n".join('{"_id": "%s", "title": "", "text": "%s"}' % (d["_id"], d["text"]) for d in DOCS) + "\r\n"
+    raw = "\r\n".join(json.dumps({"_id": d["_id"], "title": "", "text": d["text"]}) for d in DOCS) + "\r\n"
     path = tmp_path / "corpus.jsonl.gz"
     with gzip.open(path, "wb") as fh:
         fh.write(b"\xef\xbb\xbf" + raw.encode())
