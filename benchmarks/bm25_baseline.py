@@ -12,10 +12,10 @@ import logging
 import time
 from pathlib import Path
 
-from retrieval_kd.cli.search_cmd import bm25_index_for
 from retrieval_kd.data import load_collection, write_run
 from retrieval_kd.data.formats import atomic_write
 from retrieval_kd.eval import evaluate, to_markdown
+from retrieval_kd.search import bm25_index_for
 from retrieval_kd.utils.hardware import hardware_info
 
 ROOT = Path(__file__).resolve().parents[1]

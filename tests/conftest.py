@@ -54,3 +54,27 @@ def tiny_beir(tmp_path) -> Path:
     (folder / "qrels").mkdir()
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td4\t1\nq2\td2\t1\nq2\td5\t1\n")
     return folder
+
+
+def hub_model(hub_id: str) -> str:
+    """A model of the offline pack, from the Hugging Face cache (skips where `make models` has not run)."""
+    from retrieval_kd.models import snapshot_path
+
+    if snapshot_path(hub_id) is None:
+        pytest.skip(f"{hub_id} is not in the Hugging Face cache; run `make models` (rkd models pull-offline)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return hub_id
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm():
+    """A randomly initialised 1-layer Llama with SmolLM2's tokenizer: real code paths, no real weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    hub_id = hub_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    tokenizer = AutoTokenizer.from_pretrained(hub_id)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096)
+    return LlamaForCausalLM(config).eval(), tokenizer

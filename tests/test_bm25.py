@@ -58,8 +58,8 @@ def test_cli_error_is_one_clear_line(capsys):
 
 def test_bm25_scifact_test_ndcg(mirror):
     """BEIR reports 0.665 for BM25 on SciFact; bm25s with k1=0.9, b=0.4 and stemming gives 0.676 here."""
-    from retrieval_kd.cli.search_cmd import bm25_index_for
     from retrieval_kd.eval import evaluate
+    from retrieval_kd.search import bm25_index_for
 
     c = load_collection("scifact")
     run = bm25_index_for(c).search(c.queries("test"), top_k=100)

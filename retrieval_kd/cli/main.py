@@ -7,9 +7,9 @@ import logging
 import sys
 
 from retrieval_kd import __version__
-from retrieval_kd.cli import data_cmd, eval_cmd, search_cmd
+from retrieval_kd.cli import data_cmd, eval_cmd, models_cmd, search_cmd, teach_cmd
 
-_COMMANDS = [data_cmd, search_cmd, eval_cmd]
+_COMMANDS = [data_cmd, search_cmd, eval_cmd, models_cmd, teach_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = teach_cmd.normalize_argv(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

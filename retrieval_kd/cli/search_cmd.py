@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -31,44 +30,9 @@ def add_parser(sub) -> None:
     bm25.set_defaults(func=_bm25)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
-def bm25_index_for(collection, index_dir: Path | None = None, params=None, rebuild: bool = False):
-    """Open the BM25 index of a collection, building and saving it when absent or stale."""
-    from dataclasses import asdict
-
-    from retrieval_kd.paths import indexes_dir
-    from retrieval_kd.search import BM25Index, BM25Params
-    from retrieval_kd.utils.progress import progress_enabled
-
-    params = params or BM25Params()
-    if collection.corpus is None:
-        raise ValueError(f"dataset {collection.name!r} has no corpus to index")
-    index_dir = index_dir or indexes_dir() / "bm25" / _safe(collection.name)
-    corpus_key = collection.corpus.store_path.name
-    if index_dir.exists() and not rebuild:
-        try:
-            index = BM25Index.load(index_dir)
-            if index.meta.get("corpus_key") == corpus_key and asdict(index.params) == asdict(params):
-                logger.info("using BM25 index %s", index_dir)
-                return index
-            logger.info("BM25 index %s is stale (corpus or parameters changed); rebuilding", index_dir)
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            logger.warning("cannot open BM25 index %s (%s); rebuilding", index_dir, exc)
-    index = BM25Index.build(
-        collection.corpus, params, meta={"dataset": collection.name, "corpus_key": corpus_key},
-        show_progress=progress_enabled(),
-    )
-    index.save(index_dir)
-    logger.info("saved BM25 index to %s", index_dir)
-    return index
-
-
 def _bm25(args) -> int:
     from retrieval_kd.data import load_collection, write_run
-    from retrieval_kd.search import BM25Params
+    from retrieval_kd.search import BM25Params, bm25_index_for
     from retrieval_kd.utils.progress import progress_enabled
 
     collection = load_collection(args.dataset)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from retrieval_kd.search.bm25 import BM25Index, BM25Params
+from retrieval_kd.search.bm25 import BM25Index, BM25Params, bm25_index_for
 
-__all__ = ["BM25Index", "BM25Params"]
+__all__ = ["BM25Index", "BM25Params", "bm25_index_for"]

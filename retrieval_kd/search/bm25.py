@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BM25Params", "BM25Index"]
+__all__ = ["BM25Params", "BM25Index", "bm25_index_for"]
 
 _SIDECAR = "rkd_index.json"
 
@@ -110,8 +111,13 @@ class BM25Index:
         sidecar.update(self.meta)
         (tmp / _SIDECAR).write_text(json.dumps(sidecar, indent=1))
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / _SIDECAR).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process (e.g. a torchrun rank) saved it first
         return path
 
     @classmethod
@@ -170,3 +176,37 @@ class BM25Index:
         all_scores = self.retriever.get_scores(list(query_ids)) if query_ids else np.zeros(len(self.doc_ids))
         rows = [self._row_of[d] for d in doc_ids]
         return np.asarray(all_scores, dtype=np.float32)[rows]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def bm25_index_for(collection, index_dir: Path | None = None, params=None, rebuild: bool = False):
+    """Open the BM25 index of a collection, building and saving it when absent or stale."""
+    from dataclasses import asdict
+
+    from retrieval_kd.paths import indexes_dir
+    from retrieval_kd.utils.progress import progress_enabled
+
+    params = params or BM25Params()
+    if collection.corpus is None:
+        raise ValueError(f"dataset {collection.name!r} has no corpus to index")
+    index_dir = index_dir or indexes_dir() / "bm25" / _safe(collection.name)
+    corpus_key = collection.corpus.store_path.name
+    if index_dir.exists() and not rebuild:
+        try:
+            index = BM25Index.load(index_dir)
+            if index.meta.get("corpus_key") == corpus_key and asdict(index.params) == asdict(params):
+                logger.info("using BM25 index %s", index_dir)
+                return index
+            logger.info("BM25 index %s is stale (corpus or parameters changed); rebuilding", index_dir)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            logger.warning("cannot open BM25 index %s (%s); rebuilding", index_dir, exc)
+    index = BM25Index.build(
+        collection.corpus, params, meta={"dataset": collection.name, "corpus_key": corpus_key},
+        show_progress=progress_enabled(),
+    )
+    index.save(index_dir)
+    logger.info("saved BM25 index to %s", index_dir)
+    return index

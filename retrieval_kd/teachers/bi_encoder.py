@@ -1,0 +1,95 @@
+"""Bi-encoder teacher: cosine (or dot) similarity of SentenceTransformer embeddings.
+
+Each passage is encoded once per teacher and kept by doc id for the rest of the run, so a passage that is a
+candidate of many queries costs one forward pass (encode each passage once per teacher, reuse it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from retrieval_kd.teachers.base import Teacher, model_revision
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BiEncoderTeacher"]
+
+
+class BiEncoderTeacher(Teacher):
+    """Scores with a :class:`sentence_transformers.SentenceTransformer`.
+
+    Args:
+        model: hub id or local folder (e.g. ``sentence-transformers/all-MiniLM-L6-v2``).
+        max_seq_length: passage truncation.
+        batch_size: encoding batch size.
+        normalize: cosine similarity (True) or raw dot product (False).
+        query_prompt: a prompt prepended to queries (e.g. ``"query: "`` for E5 models).
+        full_corpus: on :meth:`prepare`, take every passage's embedding from the on-disk corpus cache
+            (:func:`retrieval_kd.encoders.corpus_embeddings`), shared with dense search and Distill-VQ.
+    """
+
+    kind = "bi-encoder"
+
+    def __init__(self, model: str = "sentence-transformers/all-MiniLM-L6-v2", max_seq_length: int = 256,
+                 batch_size: int = 32, normalize: bool = True, query_prompt: str | None = None, device: str | None = None,
+                 full_corpus: bool = True):
+        self.model_name = model
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.query_prompt = query_prompt
+        self.device = device
+        self._model = None
+        self.full_corpus = full_corpus
+        self._doc_cache: dict[str, np.ndarray] = {}
+        self._corpus = None
+        self._corpus_emb: np.ndarray | None = None
+
+    def prepare(self, collection) -> None:
+        if self.full_corpus and collection.corpus is not None:
+            from retrieval_kd.encoders import corpus_embeddings
+
+            self._corpus = collection.corpus
+            self._corpus_emb = corpus_embeddings(self.model_name, collection.corpus, self.max_seq_length,
+                                                 self.normalize, self.batch_size, encoder=self._model)
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.model_name, "revision": model_revision(self.model_name),
+                "max_seq_length": self.max_seq_length, "normalize": self.normalize, "query_prompt": self.query_prompt}
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(self.model_name, device=self.device)
+            self._model.max_seq_length = self.max_seq_length
+        return self._model
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        return self.model.encode(queries, batch_size=self.batch_size, prompt=self.query_prompt,
+                                 normalize_embeddings=self.normalize, convert_to_numpy=True)
+
+    def encode_docs(self, doc_ids: list[str], doc_texts: list[str]) -> np.ndarray:
+        """Embeddings of passages, encoding only those not seen before (or read from the corpus cache)."""
+        if self._corpus_emb is not None:
+            return np.asarray(self._corpus_emb[self._corpus.rows(doc_ids)]) if doc_ids else self._corpus_emb[:0]
+        todo = [(d, t) for d, t in dict(zip(doc_ids, doc_texts)).items() if d not in self._doc_cache]
+        if todo:
+            emb = self.model.encode([t for _, t in todo], batch_size=self.batch_size,
+                                    normalize_embeddings=self.normalize, convert_to_numpy=True)
+            self._doc_cache.update({d: e for (d, _), e in zip(todo, emb)})
+        return np.stack([self._doc_cache[d] for d in doc_ids]) if doc_ids else np.zeros((0, 1), dtype=np.float32)
+
+    def score(self, query: str, doc_ids: list[str], doc_texts: list[str]) -> np.ndarray:
+        return self.score_batch([(query, doc_ids, doc_texts)])[0]
+
+    def score_batch(self, items: list[tuple[str, list[str], list[str]]]) -> list[np.ndarray]:
+        all_ids = [d for _, ids, _ in items for d in ids]
+        all_texts = [t for _, _, texts in items for t in texts]
+        self.encode_docs(all_ids, all_texts)
+        q = self.encode_queries([query for query, _, _ in items])
+        return [self.encode_docs(ids, texts) @ q[i] for i, (_, ids, texts) in enumerate(items)]

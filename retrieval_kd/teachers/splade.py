@@ -1,0 +1,75 @@
+"""SPLADE teacher: MLM logits, log(1 + ReLU) activation, max pooling over tokens; dot product of sparse vectors.
+
+Built from sentence-transformers' modules (``Transformer`` for fill-mask + ``SpladePooling``), the same pieces as a
+:class:`~sentence_transformers.SparseEncoder` (Formal et al. 2021, "SPLADE v2: Sparse Lexical and Expansion
+Model for Information Retrieval"). The offline pack's ``rkd-local/splade-tiny`` is the default here; real use
+names e.g. ``naver/splade-cocondenser-ensembledistil``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from retrieval_kd.teachers.base import Teacher, model_revision
+
+__all__ = ["SpladeTeacher"]
+
+
+class SpladeTeacher(Teacher):
+    kind = "splade"
+
+    def __init__(self, model: str = "rkd-local/splade-tiny", max_seq_length: int = 256, batch_size: int = 32,
+                 device: str | None = None):
+        self.model_name = model
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.device = device
+        self._model = None
+        self._doc_cache: dict[str, Any] = {}
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.model_name, "revision": model_revision(self.model_name),
+                "max_seq_length": self.max_seq_length, "pooling": "max", "activation": "log(1+relu)"}
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SparseEncoder
+            from sentence_transformers.sentence_transformer.modules import Transformer
+            from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+            # sentence-transformers' "relu" activation is SPLADE's log(1 + ReLU(x)); its "log1p_relu" adds a
+            # second log (OpenSearch's variant), which is not what this teacher computes.
+            self._model = SparseEncoder(
+                modules=[Transformer(self.model_name, max_seq_length=self.max_seq_length, transformer_task="fill-mask"),
+                         SpladePooling(pooling_strategy="max", activation_function="relu")],
+                device=self.device,
+            )
+        return self._model
+
+    def encode(self, texts: list[str]):
+        """Sparse vectors (torch sparse COO tensor, one row per text)."""
+        return self.model.encode(texts, batch_size=self.batch_size, convert_to_sparse_tensor=True)
+
+    def score(self, query: str, doc_ids: list[str], doc_texts: list[str]) -> np.ndarray:
+        return self.score_batch([(query, doc_ids, doc_texts)])[0]
+
+    def score_batch(self, items: list[tuple[str, list[str], list[str]]]) -> list[np.ndarray]:
+        import torch
+
+        todo = {d: t for _, ids, texts in items for d, t in zip(ids, texts) if d not in self._doc_cache}
+        if todo:
+            emb = self.encode(list(todo.values())).coalesce().to_dense()
+            for i, d in enumerate(todo):
+                self._doc_cache[d] = emb[i].to_sparse()
+        queries = self.encode([q for q, _, _ in items]).to_dense()
+        out = []
+        for i, (_, ids, _) in enumerate(items):
+            if not ids:
+                out.append(np.zeros(0, dtype=np.float32))
+                continue
+            docs = torch.stack([self._doc_cache[d] for d in ids]).to_dense()
+            out.append((docs @ queries[i]).cpu().numpy().astype(np.float32))
+        return out

@@ -1,0 +1,183 @@
+"""A persistent, resumable store of teacher scores keyed by (teacher fingerprint, query id, doc id).
+
+Why SQLite and not Parquet shards: a teacher run is killed at arbitrary moments (SIGKILL, pre-emption) and
+must restart losing nothing and duplicating nothing. SQLite gives that for free: each query's scores and its
+"done" mark are committed in one transaction, so after a kill a query is either fully stored or absent;
+the primary key makes a duplicate impossible; point lookups by key need no index files of our own. Parquet
+would need our own write-ahead manifest, atomic shard renames and compaction to offer the same. SQLite ships
+with Python and its files open in any language.
+
+Under ``torchrun`` each rank writes its own shard file (``scores.rank<R>.sqlite``), so no two processes write
+one file (safe on network filesystems too); :meth:`ScoreStore.merge_shards` folds shards into the main file
+with ``INSERT OR IGNORE`` and removes them.
+
+Layout of a store folder: ``scores.sqlite`` with tables ``teachers`` (fingerprint -> spec and config),
+``scores`` (fingerprint, qid, did, score) and ``done`` (fingerprint, qid).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ScoreStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS teachers (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    fingerprint TEXT NOT NULL,
+    qid TEXT NOT NULL,
+    did TEXT NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (fingerprint, qid, did)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS done (
+    fingerprint TEXT NOT NULL,
+    qid TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, qid)
+) WITHOUT ROWID;
+"""
+
+
+class ScoreStore:
+    """Teacher scores on disk.
+
+    Args:
+        path: the store folder (created if missing).
+        shard: write to ``scores.rank<shard>.sqlite`` instead of the main file (distributed scoring).
+    """
+
+    MAIN = "scores.sqlite"
+
+    def __init__(self, path: str | os.PathLike, shard: int | None = None):
+        self.path = Path(path)
+        if self.path.suffix == ".sqlite":
+            raise ValueError(f"{self.path}: a score store is a folder; pass its folder, not the sqlite file")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file = self.path / (self.MAIN if shard is None else f"scores.rank{shard}.sqlite")
+        self._conn = sqlite3.connect(self.file, timeout=120, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ScoreStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def register(self, fingerprint: str, name: str, config: Mapping) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO teachers VALUES (?, ?, ?)",
+            (fingerprint, name, json.dumps(dict(config), sort_keys=True, default=str)),
+        )
+
+    def put_query(self, fingerprint: str, qid: str, scores: Mapping[str, float]) -> None:
+        """Store all scores of one query and mark it done, in one transaction."""
+        with self._transaction() as cur:
+            cur.executemany(
+                "INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?)",
+                [(fingerprint, qid, did, float(s)) for did, s in scores.items()],
+            )
+            cur.execute("INSERT OR IGNORE INTO done VALUES (?, ?)", (fingerprint, qid))
+
+    def put_many(self, fingerprint: str, by_query: Mapping[str, Mapping[str, float]]) -> None:
+        """Store several queries at once (one transaction; each query marked done)."""
+        with self._transaction() as cur:
+            for qid, scores in by_query.items():
+                cur.executemany(
+                    "INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?)",
+                    [(fingerprint, qid, did, float(s)) for did, s in scores.items()],
+                )
+                cur.execute("INSERT OR IGNORE INTO done VALUES (?, ?)", (fingerprint, qid))
+
+    class _Tx:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            self.cur = self.conn.cursor()
+            self.cur.execute("BEGIN IMMEDIATE")
+            return self.cur
+
+        def __exit__(self, exc_type, exc, tb):
+            self.cur.execute("ROLLBACK" if exc_type else "COMMIT")
+            return False
+
+    def _transaction(self):
+        return self._Tx(self._conn)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def teachers(self) -> dict[str, dict]:
+        rows = self._conn.execute("SELECT fingerprint, name, config FROM teachers").fetchall()
+        return {fp: {"name": name, "config": json.loads(cfg)} for fp, name, cfg in rows}
+
+    def done_queries(self, fingerprint: str) -> set[str]:
+        rows = self._conn.execute("SELECT qid FROM done WHERE fingerprint = ?", (fingerprint,))
+        return {r[0] for r in rows}
+
+    def get(self, fingerprint: str, qids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+        """Scores ``{qid: {did: score}}`` of one teacher (optionally only some queries)."""
+        out: dict[str, dict[str, float]] = {}
+        if qids is None:
+            rows = self._conn.execute("SELECT qid, did, score FROM scores WHERE fingerprint = ?", (fingerprint,))
+        else:
+            qids = list(qids)
+            rows = []
+            for i in range(0, len(qids), 500):
+                chunk = qids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += self._conn.execute(
+                    f"SELECT qid, did, score FROM scores WHERE fingerprint = ? AND qid IN ({marks})",
+                    (fingerprint, *chunk),
+                ).fetchall()
+        for qid, did, score in rows:
+            out.setdefault(qid, {})[did] = score
+        return out
+
+    def count(self, fingerprint: str | None = None) -> int:
+        if fingerprint is None:
+            return self._conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        return self._conn.execute("SELECT COUNT(*) FROM scores WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+
+    def resolve(self, name_or_fingerprint: str) -> str:
+        """A fingerprint from a fingerprint or a teacher name (unique prefix match on names allowed)."""
+        teachers = self.teachers()
+        if name_or_fingerprint in teachers:
+            return name_or_fingerprint
+        matches = [fp for fp, t in teachers.items() if t["name"] == name_or_fingerprint]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(f"{t['name']} ({fp})" for fp, t in teachers.items())
+        raise KeyError(f"{self.path}: no single teacher {name_or_fingerprint!r}; stored: {known or 'none'}")
+
+    # -- distributed -------------------------------------------------------------------------------------------
+    def merge_shards(self) -> int:
+        """Fold every ``scores.rank*.sqlite`` of the folder into the main file; returns the rows added."""
+        before = self.count()
+        for shard in sorted(self.path.glob("scores.rank*.sqlite")):
+            self._conn.execute("ATTACH DATABASE ? AS shard", (str(shard),))
+            with self._transaction() as cur:
+                cur.execute("INSERT OR IGNORE INTO teachers SELECT * FROM shard.teachers")
+                cur.execute("INSERT OR IGNORE INTO scores SELECT * FROM shard.scores")
+                cur.execute("INSERT OR IGNORE INTO done SELECT * FROM shard.done")
+            self._conn.execute("DETACH DATABASE shard")
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(shard) + suffix).unlink(missing_ok=True)
+        added = self.count() - before
+        logger.info("merged shards into %s: %d rows added", self.file, added)
+        return added
