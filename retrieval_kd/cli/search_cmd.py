@@ -28,6 +28,25 @@ def add_parser(sub) -> None:
     bm25.add_argument("--rebuild", action="store_true", help="rebuild the index even if one exists")
     bm25.add_argument("--threads", type=int, default=0, help="search threads (0: all cores)")
     bm25.set_defaults(func=_bm25)
+    dense = kind.add_parser(
+        "dense",
+        help="dense retrieval: exact FAISS search with --model, or an ANN index folder with --index",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  rkd search dense --model sentence-transformers/all-MiniLM-L6-v2 --dataset scifact --split test "
+        "--output runs/minilm.run\n  rkd search dense --index indexes/scifact-dvq48 --nprobe 8 --dataset scifact --split test "
+        "--output runs/dvq.run",
+    )
+    dense.add_argument("--dataset", required=True)
+    dense.add_argument("--split", required=True)
+    dense.add_argument("--output", required=True, type=Path)
+    dense.add_argument("--model", default=None, help="SentenceTransformer (hub id or folder); exact search over its "
+                       "cached corpus embeddings when --index is not given")
+    dense.add_argument("--index", type=Path, default=None, help="index folder from rkd index build / rkd vq train")
+    dense.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
+    dense.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch")
+    dense.add_argument("--top-k", type=int, default=1000)
+    dense.add_argument("--max-seq-length", type=int, default=256)
+    dense.set_defaults(func=_dense)
 
 
 def _bm25(args) -> int:
@@ -40,5 +59,34 @@ def _bm25(args) -> int:
     index = bm25_index_for(collection, args.index, BM25Params(k1=args.k1, b=args.b), args.rebuild)
     run = index.search(queries, top_k=args.top_k, n_threads=args.threads, show_progress=progress_enabled())
     write_run(run, args.output, tag=f"bm25-k1{args.k1}-b{args.b}")
+    print(f"wrote {args.output}: {len(run)} queries, top-{args.top_k}")
+    return 0
+
+
+def _dense(args) -> int:
+    import numpy as np
+
+    from retrieval_kd.data import load_collection, write_run
+    from retrieval_kd.encoders import corpus_embeddings, query_embeddings
+    from retrieval_kd.index.dense import build_faiss_index, load_index, search_index
+
+    collection = load_collection(args.dataset)
+    queries = collection.queries(args.split)
+    if args.index is not None:
+        index, doc_ids, meta = load_index(args.index)
+        model = args.model or meta.get("encoder")
+        if not model or model == "unknown":
+            raise ValueError(f"{args.index}: the sidecar names no encoder; pass --model")
+    else:
+        if not args.model:
+            raise ValueError("give --model (exact search) or --index")
+        model = args.model
+        emb = np.asarray(corpus_embeddings(model, collection.corpus, args.max_seq_length))
+        index, doc_ids = build_faiss_index("flat", emb), collection.corpus.ids
+    q = query_embeddings(model, queries, args.max_seq_length)
+    scores, rows = search_index(index, q, min(args.top_k, index.ntotal), args.nprobe, args.ef_search)
+    run = {qid: {doc_ids[int(r)]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
+           for i, qid in enumerate(queries)}
+    write_run(run, args.output, tag="dense")
     print(f"wrote {args.output}: {len(run)} queries, top-{args.top_k}")
     return 0

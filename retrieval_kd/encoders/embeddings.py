@@ -20,7 +20,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["corpus_embeddings", "embedding_cache_path", "load_encoder"]
+__all__ = ["corpus_embeddings", "embedding_cache_path", "load_encoder", "query_embeddings"]
 
 
 def load_encoder(model: str, max_seq_length: int | None = 256, device: str | None = None):
@@ -74,3 +74,25 @@ def corpus_embeddings(model: str, corpus, max_seq_length: int | None = 256, norm
     parts_dir.rmdir()
     logger.info("cached %s corpus embeddings %s at %s", model, matrix.shape, path)
     return np.load(path, mmap_mode="r")
+
+
+def query_embeddings(model: str, queries: dict[str, str], max_seq_length: int | None = 256, normalize: bool = True,
+                     batch_size: int = 64, encoder=None, prompt: str | None = None) -> np.ndarray:
+    """Embeddings of queries (in the dict's order), cached on disk by model and query texts."""
+    from retrieval_kd.paths import cache_dir
+    from retrieval_kd.teachers.base import model_revision
+
+    key = json.dumps({"model": model, "revision": model_revision(model), "max_seq_length": max_seq_length,
+                      "normalize": normalize, "prompt": prompt, "queries": list(queries.items())}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache_dir() / "embeddings" / f"queries-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    encoder = encoder or load_encoder(model, max_seq_length)
+    emb = encoder.encode(list(queries.values()), batch_size=batch_size, normalize_embeddings=normalize,
+                         prompt=prompt, convert_to_numpy=True).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, path)
+    return emb

@@ -1,0 +1,104 @@
+"""Teachers as rerankers of BM25's top-100: nDCG@10 of each teacher and of their normalised ensembles.
+
+Usage: python benchmarks/teachers.py [--datasets scifact trec-dl-2019-passage] [--teachers SPEC ...]
+
+For each dataset the candidates are BM25's top-100 (no judged positives added: this is a reranking test);
+every teacher scores them into a score store under experiments/bench-teachers/, so a rerun reuses the scores.
+The equal-weight min-max ensemble of all members is reported, and so is an ensemble whose weights are fitted on
+SciFact's *train* split (grid search for nDCG@10 on train candidates; test is never used for fitting). TREC DL
+2019 has no training split here: its fitted row reuses the weights fitted on SciFact train.
+
+Writes benchmarks/results/teachers.json: {dataset: {teacher: ndcg@10, ..., "ensemble": ndcg@10,
+"ensemble_fitted": ndcg@10}} plus the weights, timings and hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from retrieval_kd.data import load_collection
+from retrieval_kd.data.formats import atomic_write
+from retrieval_kd.eval import evaluate, to_markdown
+from retrieval_kd.teachers import EnsembleTeacher, ScoreStore, fit_weights, mine_candidates, parse_teacher
+from retrieval_kd.teachers.runner import score_candidates
+from retrieval_kd.utils.hardware import hardware_info
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TEACHERS = ["bm25", "splade:rkd-local/splade-tiny", "bi-encoder:sentence-transformers/all-MiniLM-L6-v2"]
+SHORT = {"bm25": "bm25", "splade": "splade-tiny", "bi-encoder": "minilm"}
+
+
+def short_name(teacher) -> str:
+    model = teacher.config().get("model", "")
+    if "mpnet" in str(model):
+        return "mpnet"
+    return SHORT.get(teacher.kind, teacher.name)
+
+
+def score_split(collection, split: str, teachers, store_dir: Path, k: int) -> tuple[dict, dict]:
+    """Score BM25 top-k candidates of a split with every teacher; returns per-teacher runs and timings."""
+    candidates = mine_candidates(collection, split, k=k, sources=("bm25",), with_positives=False)
+    runs, seconds = {}, {}
+    for teacher in teachers:
+        t0 = time.perf_counter()
+        score_candidates(teacher, collection, candidates, store_dir, batch_queries=16)
+        seconds[short_name(teacher)] = round(time.perf_counter() - t0, 1)
+        with ScoreStore(store_dir) as store:
+            runs[short_name(teacher)] = store.get(teacher.fingerprint, qids=list(candidates))
+    return runs, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["scifact", "trec-dl-2019-passage"])
+    parser.add_argument("--teachers", nargs="+", default=DEFAULT_TEACHERS)
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--fit-step", type=float, default=0.1)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "teachers.json")
+    parser.add_argument("--work", type=Path, default=ROOT / "experiments" / "bench-teachers")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("huggingface_hub", "sentence_transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    teachers = [parse_teacher(spec) for spec in args.teachers]
+    names = [short_name(t) for t in teachers]
+
+    # weights fitted on SciFact train (never on a test split)
+    sci = load_collection("scifact")
+    train_runs, _ = score_split(sci, "train", teachers, args.work / "scifact" / "scores", args.top_k)
+    fitted, train_value = fit_weights([train_runs[n] for n in names], sci.qrels("train"), step=args.fit_step)
+    logging.info("weights fitted on scifact train: %s (nDCG@10 %.4f)", dict(zip(names, fitted)), train_value)
+
+    results, tables = {}, {}
+    for name in args.datasets:
+        collection = load_collection(name)
+        conv = collection.conventions
+        runs, seconds = score_split(collection, "test", teachers, args.work / name / "scores", args.top_k)
+        qrels = collection.qrels("test")
+
+        def ndcg(run, qrels=qrels, level=conv.relevance_level):
+            return round(evaluate(qrels, run, ["ndcg@10"], level).scores["ndcg@10"], 4)
+
+        row = {n: ndcg(runs[n]) for n in names}
+        row["ensemble"] = ndcg(EnsembleTeacher(teachers).combine([runs[n] for n in names]))
+        row["ensemble_fitted"] = ndcg(EnsembleTeacher(teachers, fitted).combine([runs[n] for n in names]))
+        results[name] = row
+        results[f"{name}_details"] = {"seconds": seconds, "queries": len(qrels), "candidates": f"bm25 top-{args.top_k}",
+                                      "fitted_weights": dict(zip(names, fitted)),
+                                      "fitted_on": "scifact train" + ("" if name == "scifact" else " (transferred)")}
+        tables[name] = row
+    print(to_markdown({f"{n} (nDCG@10)": r for n, r in tables.items()}))
+    out = {**results, "hardware": hardware_info(), "command": "python benchmarks/teachers.py",
+           "teachers": args.teachers, "fitted_weights": dict(zip(names, fitted)), "fit_train_ndcg@10": train_value}
+    with atomic_write(args.output) as fh:
+        json.dump(out, fh, indent=1)
+    print(f"results: {args.output.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
