@@ -137,7 +137,7 @@ def main() -> None:
     print(f"Distill-VQ / IVFPQ q/s ratio, median over nprobe: {out['distill_vq_vs_ivfpq_qps_ratio']['median']}")
     with atomic_write(args.output) as fh:
         json.dump(out, fh, indent=1)
-    print(f"results: {args.output.relative_to(ROOT)}")
+    print(f"results: {args.output}")
 
 
 if __name__ == "__main__":

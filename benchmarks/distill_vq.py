@@ -6,12 +6,14 @@ Usage: python benchmarks/distill_vq.py [--datasets scifact trec-dl-2019-passage]
 Embeddings: all-MiniLM-L6-v2 (384-d, cosine), corpus and queries cached on disk. For each dataset and code size
 (m bytes per vector at 8 bits: 48 -> 32x, 16 -> 96x compression of 1,536-byte float vectors):
 flat (exact), HNSW32 (uncompressed, for reference), PQ, IVFPQ, OPQ+IVFPQ (``index_factory``), and Distill-VQ
-(IVFPQ learned by distillation, exported to a FAISS IndexIVFPQ; ``distill_vq_opq`` learns the OPQ rotation too).
+(IVFPQ learned by distillation, exported to a FAISS IndexIVFPQ; with ``--opq``, ``distill_vq_opq`` also learns
+an OPQ rotation). Each result is merged into the JSON file, so datasets and sizes can be run separately.
 Training queries: SciFact's train split plus corpus passages as pseudo-queries; TREC DL 2019 has no training
 queries here, so it uses pseudo-queries (sampled passages) alone, as the paper allows. Test queries are never
 used for training. Metrics on the test split: nDCG@10, Recall@100, and the fraction of flat nDCG@10 retained.
 
-Writes benchmarks/results/distill_vq.json.
+Writes benchmarks/results/distill_vq.json ({dataset: {bytes: {index: {ndcg@10, recall@100, retained}}}}) and
+distill_vq.meta.json beside it (parameters, training history, timings, command, hardware).
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ def evaluate_index(index, queries, qids, doc_ids, qrels, level, nprobe, k=100):
     return {k: round(v, 4) for k, v in res.items()}
 
 
+def _load(path: Path) -> tuple[dict, dict]:
+    """Earlier results to merge into: the results file and its meta file."""
+    out = json.loads(path.read_text()) if path.exists() else {}
+    meta_path = path.with_suffix(".meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    for key in ("hardware", "command"):  # older files kept these beside the datasets
+        if key in out:
+            meta[key] = out.pop(key)
+    for name, sizes in out.items():
+        for size, rows in sizes.items():
+            extra = {k: rows.pop(k) for k in list(rows) if not isinstance(rows[k], dict) or k in ("seconds", "history")}
+            if extra:
+                meta.setdefault(name, {}).setdefault(size, {}).update(extra)
+    return out, meta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["scifact", "trec-dl-2019-passage"])
@@ -54,7 +72,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--pseudo-queries", type=int, default=3000)
-    parser.add_argument("--no-opq", action="store_true", help="skip the Distill-VQ variant with a learned rotation")
+    parser.add_argument("--opq", action="store_true", help="add the Distill-VQ variant that learns an OPQ rotation too")
+    parser.add_argument("--no-opq", action="store_true", help=argparse.SUPPRESS)  # the default, kept for old commands
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "distill_vq.json")
     args = parser.parse_args()
@@ -64,7 +83,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
 
-    out = json.loads(args.output.read_text()) if args.output.exists() else {}
+    out, meta = _load(args.output)
     for name in args.datasets:
         c = load_collection(name)
         doc_ids = c.corpus.ids
@@ -76,6 +95,7 @@ def main() -> None:
         qrels, level = c.qrels("test"), c.conventions.relevance_level
         qids = list(test)
         result = out.setdefault(name, {})
+        result_meta = meta.setdefault(name, {})
         flat = evaluate_index(build_faiss_index("flat", docs), q_test, qids, doc_ids, qrels, level, None)
         hnsw = evaluate_index(build_faiss_index("hnsw", docs), q_test, qids, doc_ids, qrels, level, None)
         for m in args.m:
@@ -87,7 +107,7 @@ def main() -> None:
                 timings[kind] = round(time.perf_counter() - t0, 1)
                 rows[kind.replace("-", "_")] = evaluate_index(index, q_test, qids, doc_ids, qrels, level, args.nprobe)
                 assert bytes_per_vector(index) == m
-            variants = [("distill_vq", False)] + ([] if args.no_opq else [("distill_vq_opq", True)])
+            variants = [("distill_vq", False)] + ([("distill_vq_opq", True)] if args.opq else [])
             history = {}
             for label, opq in variants:
                 cfg = DistillVQConfig(nlist=args.nlist, m=m, opq=opq, epochs=args.epochs,
@@ -100,16 +120,20 @@ def main() -> None:
                 history[label] = trained.history
             for row in rows.values():
                 row["retained"] = round(row["ndcg@10"] / flat["ndcg@10"], 4)
-            result[str(m)] = {**rows, "bytes_per_vector": m, "compression": round(docs.shape[1] * 4 / m, 1),
-                              "nlist": args.nlist, "nprobe": args.nprobe, "train_queries": len(q_train),
-                              "pseudo_queries": args.pseudo_queries, "seconds": timings, "history": history}
+            result[str(m)] = rows
+            result_meta[str(m)] = {"bytes_per_vector": m, "compression": round(docs.shape[1] * 4 / m, 1),
+                                   "nlist": args.nlist, "nprobe": args.nprobe, "train_queries": len(q_train),
+                                   "pseudo_queries": args.pseudo_queries, "epochs": args.epochs, "seconds": timings,
+                                   "history": history}
             print(f"\n{name} test, {m} bytes/vector ({docs.shape[1] * 4 // m}x), nlist {args.nlist}, nprobe {args.nprobe}")
             print(to_markdown(rows, ["ndcg@10", "recall@100", "retained"]))
-            out["hardware"] = hardware_info()
-            out["command"] = "python benchmarks/distill_vq.py"
+            meta["hardware"] = hardware_info()
+            meta["command"] = "python benchmarks/distill_vq.py"
             with atomic_write(args.output) as fh:
                 json.dump(out, fh, indent=1)
-    print(f"results: {args.output.relative_to(ROOT)}")
+            with atomic_write(args.output.with_suffix(".meta.json")) as fh:
+                json.dump(meta, fh, indent=1)
+    print(f"results: {args.output}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def main() -> None:
            "hardware": hardware_info(), "command": "python benchmarks/first_speed.py"}
     with atomic_write(args.output) as fh:
         json.dump(out, fh, indent=1)
-    print(f"results: {args.output.relative_to(ROOT)}")
+    print(f"results: {args.output}")
 
 
 if __name__ == "__main__":

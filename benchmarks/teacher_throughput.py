@@ -133,7 +133,7 @@ def main() -> None:
         print(f"| llm-{mode} (SmolLM2-135M) | {n / t:.1f} | n/a | n/a |")
     with atomic_write(args.output) as fh:
         json.dump(out, fh, indent=1)
-    print(f"results: {args.output.relative_to(ROOT)}")
+    print(f"results: {args.output}")
 
 
 if __name__ == "__main__":

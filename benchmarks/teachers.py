@@ -9,7 +9,7 @@ SciFact's *train* split (grid search for nDCG@10 on train candidates; test is ne
 2019 has no training split here: its fitted row reuses the weights fitted on SciFact train.
 
 Writes benchmarks/results/teachers.json: {dataset: {teacher: ndcg@10, ..., "ensemble": ndcg@10,
-"ensemble_fitted": ndcg@10}} plus the weights, timings and hardware.
+"ensemble_fitted": ndcg@10}}, and beside it teachers.meta.json with the weights, timings, command and hardware.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     fitted, train_value = fit_weights([train_runs[n] for n in names], sci.qrels("train"), step=args.fit_step)
     logging.info("weights fitted on scifact train: %s (nDCG@10 %.4f)", dict(zip(names, fitted)), train_value)
 
-    results, tables = {}, {}
+    results, tables, details = {}, {}, {}
     for name in args.datasets:
         collection = load_collection(name)
         conv = collection.conventions
@@ -88,16 +88,18 @@ def main() -> None:
         row["ensemble"] = ndcg(EnsembleTeacher(teachers).combine([runs[n] for n in names]))
         row["ensemble_fitted"] = ndcg(EnsembleTeacher(teachers, fitted).combine([runs[n] for n in names]))
         results[name] = row
-        results[f"{name}_details"] = {"seconds": seconds, "queries": len(qrels), "candidates": f"bm25 top-{args.top_k}",
+        details[name] = {"seconds": seconds, "queries": len(qrels), "candidates": f"bm25 top-{args.top_k}",
                                       "fitted_weights": dict(zip(names, fitted)),
                                       "fitted_on": "scifact train" + ("" if name == "scifact" else " (transferred)")}
         tables[name] = row
     print(to_markdown({f"{n} (nDCG@10)": r for n, r in tables.items()}))
-    out = {**results, "hardware": hardware_info(), "command": "python benchmarks/teachers.py",
-           "teachers": args.teachers, "fitted_weights": dict(zip(names, fitted)), "fit_train_ndcg@10": train_value}
+    meta = {"details": details, "hardware": hardware_info(), "command": "python benchmarks/teachers.py",
+            "teachers": args.teachers, "fitted_weights": dict(zip(names, fitted)), "fit_train_ndcg@10": train_value}
     with atomic_write(args.output) as fh:
-        json.dump(out, fh, indent=1)
-    print(f"results: {args.output.relative_to(ROOT)}")
+        json.dump(results, fh, indent=1)
+    with atomic_write(args.output.with_suffix(".meta.json")) as fh:
+        json.dump(meta, fh, indent=1)
+    print(f"results: {args.output}")
 
 
 if __name__ == "__main__":

@@ -151,3 +151,25 @@ def test_hf_export_has_texts_and_margins(tiny_beir, tmp_path):
     import datasets
 
     assert datasets.load_from_disk(str(tmp_path / "hf")).num_rows == 2
+
+
+def test_cli_mine_teach_export(beir60, tiny_beir, tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+
+    cands, store = tmp_path / "c.run", tmp_path / "store"
+    assert main(["-q", "teach", "mine", "--dataset", str(tiny_beir), "--split", "test", "--top-k", "3",
+                 "--output", str(cands)]) == 0
+    from retrieval_kd.data import read_run
+
+    run = read_run(cands)
+    assert "d4" in run["q1"]  # a judged positive is added even if BM25 missed it
+    assert main(["-q", "teach", "mine", "--dataset", str(beir60), "--split", "test", "--top-k", "5",
+                 "--output", str(cands)]) == 0
+    assert main(["-q", "teach", "--dataset", str(beir60), "--split", "test", "--candidates", str(cands),
+                 "--teacher", "bm25", "--store", str(store)]) == 0
+    assert main(["-q", "teach", "export", "--store", str(store), "--teacher", "bm25", "--dataset", str(beir60),
+                 "--split", "test", "--format", "tsv", "--out", str(tmp_path / "m.tsv")]) == 0
+    lines = (tmp_path / "m.tsv").read_text().splitlines()
+    assert lines and all(len(line.split("\t")) == 5 for line in lines)
+    assert main(["-q", "teach", "list", "--store", str(store)]) == 0
+    assert "bm25" in capsys.readouterr().out

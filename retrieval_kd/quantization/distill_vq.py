@@ -122,8 +122,8 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
     cfg = config or DistillVQConfig()
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    docs = np.ascontiguousarray(docs, dtype=np.float32)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    docs = np.array(docs, dtype=np.float32)  # a writable copy (inputs may be memory-mapped caches)
+    queries = np.array(queries, dtype=np.float32)
     if cfg.pseudo_queries:
         pick = rng.choice(len(docs), size=min(cfg.pseudo_queries, len(docs)), replace=False)
         queries = np.concatenate([queries, docs[pick]])

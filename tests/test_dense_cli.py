@@ -1,0 +1,59 @@
+"""Dense indexes through the CLI: build, save with sidecar, search; Distill-VQ training writes a FAISS index."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+
+from retrieval_kd.cli.main import main
+from retrieval_kd.data import read_run
+from retrieval_kd.index.dense import build_faiss_index, load_index
+from tests.conftest import hub_model
+
+
+def test_flat_index_search_equals_exact_model_search(tiny_beir, tmp_path):
+    hub_model("sentence-transformers/all-MiniLM-L6-v2")
+    idx = tmp_path / "flat"
+    assert main(["-q", "index", "build", "--type", "flat", "--dataset", str(tiny_beir), "--output", str(idx)]) == 0
+    index, doc_ids, meta = load_index(idx)
+    assert meta["type"] == "flat" and meta["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert sorted(doc_ids) == ["d1", "d2", "d3", "d4", "d5"] and meta["bytes_per_vector"] == 384 * 4
+    assert main(["-q", "search", "dense", "--index", str(idx), "--dataset", str(tiny_beir), "--split", "test",
+                 "--top-k", "3", "--output", str(tmp_path / "a.run")]) == 0
+    assert main(["-q", "search", "dense", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--dataset",
+                 str(tiny_beir), "--split", "test", "--top-k", "3", "--output", str(tmp_path / "b.run")]) == 0
+    a, b = read_run(tmp_path / "a.run"), read_run(tmp_path / "b.run")
+    assert a == b
+    assert max(a["q1"], key=a["q1"].get) == "d1"
+
+
+def test_vq_train_from_embeddings_writes_a_faiss_index(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(1200, 32)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    np.save(tmp_path / "docs.npy", docs)
+    np.save(tmp_path / "queries.npy", docs[:100])
+    (tmp_path / "ids.json").write_text(json.dumps([f"doc{i}" for i in range(1200)]))
+    out = tmp_path / "dvq"
+    assert main(["-q", "vq", "train", "--embeddings", str(tmp_path / "docs.npy"), "--doc-ids", str(tmp_path / "ids.json"),
+                 "--queries", str(tmp_path / "queries.npy"), "--nlist", "8", "--m", "8", "--epochs", "1",
+                 "--pseudo-queries", "0", "--output", str(out)]) == 0
+    index, doc_ids, meta = load_index(out)
+    assert meta["type"] == "distill-vq" and meta["bytes_per_vector"] == 8 and len(meta["history"]) == 1
+    assert isinstance(faiss.downcast_index(index), faiss.IndexIVFPQ) and index.ntotal == 1200
+    assert (out / "distill_vq.safetensors").exists()
+    copy = tmp_path / "copy"
+    assert main(["-q", "index", "build", "--type", "distill-vq", "--vq", str(out), "--output", str(copy)]) == 0
+    assert faiss.read_index(str(copy / "index.faiss")).ntotal == 1200
+
+
+def test_baselines_have_the_asked_code_size():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 32)).astype(np.float32)
+    from retrieval_kd.index.dense import bytes_per_vector
+
+    for kind in ("ivfpq", "opq-ivfpq", "pq"):
+        assert bytes_per_vector(build_faiss_index(kind, x, nlist=8, m=8)) == 8
+    assert bytes_per_vector(build_faiss_index("flat", x)) == 32 * 4
