@@ -109,6 +109,13 @@ def main() -> None:
             curve.append({"nprobe": nprobe, "qps": round(qps, 1), "recall@10": round(recall_at_10(ids, truth), 4)})
             logging.info("%s nprobe=%d %.1f q/s R@10 %.4f", name, nprobe, qps, curve[-1]["recall@10"])
         out["indexes"][name] = curve
+    ratios = [d["qps"] / f["qps"] for d, f in zip(out["indexes"]["distill-vq"], out["indexes"]["ivfpq"])]
+    out["distill_vq_vs_ivfpq_qps_ratio"] = {"per_nprobe": [round(r, 3) for r in ratios],
+                                            "median": round(float(np.median(ratios)), 3)}
+    out["hardware"] = hardware_info()
+    out["command"] = "python benchmarks/ann_speed.py"
+    with atomic_write(args.output) as fh:  # written now too, in case the HNSW build is cut short
+        json.dump(out, fh, indent=1)
     if not args.no_hnsw:
         t0 = time.perf_counter()
         faiss.omp_set_num_threads(max(args.threads, 2))  # building is parallel; search stays single-threaded
@@ -122,17 +129,14 @@ def main() -> None:
             curve.append({"efSearch": ef, "qps": round(qps, 1), "recall@10": round(recall_at_10(ids, truth), 4)})
             logging.info("hnsw ef=%d %.1f q/s R@10 %.4f", ef, qps, curve[-1]["recall@10"])
         out["indexes"]["hnsw"] = curve
-    ratios = [d["qps"] / f["qps"] for d, f in zip(out["indexes"]["distill-vq"], out["indexes"]["ivfpq"])]
-    out["distill_vq_vs_ivfpq_qps_ratio"] = {"per_nprobe": [round(r, 3) for r in ratios],
-                                            "median": round(float(np.median(ratios)), 3)}
-    out["hardware"] = hardware_info()
-    out["command"] = "python benchmarks/ann_speed.py"
     print(f"{args.n} x {args.dim} synthetic, {args.m} bytes/vector, nlist {args.nlist}, {args.threads} thread(s)")
     print("| index | nprobe | q/s | Recall@10 |")
     print("|---|---:|---:|---:|")
     for name in ("ivfpq", "opq-ivfpq", "distill-vq"):
         for row in out["indexes"][name]:
             print(f"| {name} | {row['nprobe']} | {row['qps']:.0f} | {row['recall@10']:.4f} |")
+    for row in out["indexes"].get("hnsw", []):
+        print(f"| hnsw (efSearch {row['efSearch']}) | - | {row['qps']:.0f} | {row['recall@10']:.4f} |")
     print(f"| flat | - | {flat_qps:.1f} | 1.0000 |")
     print(f"Distill-VQ / IVFPQ q/s ratio, median over nprobe: {out['distill_vq_vs_ivfpq_qps_ratio']['median']}")
     with atomic_write(args.output) as fh:

@@ -125,14 +125,18 @@ class LearnableIVFPQ(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lists, codes)`` of vectors under the current parameters (what FAISS ``add`` would store)."""
-        lists, codes = [], []
-        for i in range(0, x.shape[0], batch_size):
+        n = x.shape[0]
+        # results go into preallocated outputs: keeping many small per-batch tensors alive between large
+        # temporaries fragments the heap (seen: +19 GB for 1M vectors)
+        lists = torch.empty(n, dtype=torch.long)
+        codes = torch.empty((n, self.m), dtype=torch.long)
+        for i in range(0, n, batch_size):
             xr = self.rotate(x[i:i + batch_size])
             a = self.assign(xr)
             residual = xr - self.centroids[a] if self.nlist else xr
-            lists.append(a)
-            codes.append(self.pq_codes(residual))
-        return torch.cat(lists), torch.cat(codes)
+            lists[i:i + batch_size] = a
+            codes[i:i + batch_size] = self.pq_codes(residual)
+        return lists, codes
 
     def reconstruct(self, lists: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """``C[a] + concat_m B[m, code_m]``, differentiable in C and B (hard assignments)."""
