@@ -23,6 +23,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["corpus_embeddings", "embedding_cache_path", "load_encoder", "query_embeddings"]
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to a temporary name in the same folder, then rename: a kill never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 def load_encoder(model: str, max_seq_length: int | None = 256, device: str | None = None):
     from sentence_transformers import SentenceTransformer
 
@@ -33,8 +41,8 @@ def load_encoder(model: str, max_seq_length: int | None = 256, device: str | Non
 
 
 def embedding_cache_path(model: str, corpus, max_seq_length: int | None, normalize: bool) -> Path:
+    from retrieval_kd.models.revision import model_revision
     from retrieval_kd.paths import cache_dir
-    from retrieval_kd.teachers.base import model_revision
 
     key = json.dumps({"model": model, "revision": model_revision(model), "max_seq_length": max_seq_length,
                       "normalize": normalize, "corpus": corpus.store_path.name}, sort_keys=True)
@@ -62,13 +70,9 @@ def corpus_embeddings(model: str, corpus, max_seq_length: int | None = 256, norm
         encoder = encoder or load_encoder(model, max_seq_length)
         emb = encoder.encode(corpus.texts(ids[start:start + chunk_size]), batch_size=batch_size,
                              normalize_embeddings=normalize, convert_to_numpy=True).astype(np.float32)
-        tmp = part.with_name(f".{part.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, emb)
-        os.replace(tmp, part)
+        _save_npy(part, emb)
     matrix = np.concatenate([np.load(parts_dir / f"{s:012d}.npy") for s in starts]) if starts else np.zeros((0, 0))
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, matrix.astype(np.float32))
-    os.replace(tmp, path)
+    _save_npy(path, matrix.astype(np.float32))
     for part in parts_dir.glob("*.npy"):
         part.unlink()
     parts_dir.rmdir()
@@ -79,8 +83,8 @@ def corpus_embeddings(model: str, corpus, max_seq_length: int | None = 256, norm
 def query_embeddings(model: str, queries: dict[str, str], max_seq_length: int | None = 256, normalize: bool = True,
                      batch_size: int = 64, encoder=None, prompt: str | None = None) -> np.ndarray:
     """Embeddings of queries (in the dict's order), cached on disk by model and query texts."""
+    from retrieval_kd.models.revision import model_revision
     from retrieval_kd.paths import cache_dir
-    from retrieval_kd.teachers.base import model_revision
 
     key = json.dumps({"model": model, "revision": model_revision(model), "max_seq_length": max_seq_length,
                       "normalize": normalize, "prompt": prompt, "queries": list(queries.items())}, sort_keys=True)
@@ -91,8 +95,5 @@ def query_embeddings(model: str, queries: dict[str, str], max_seq_length: int | 
     encoder = encoder or load_encoder(model, max_seq_length)
     emb = encoder.encode(list(queries.values()), batch_size=batch_size, normalize_embeddings=normalize,
                          prompt=prompt, convert_to_numpy=True).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, path)
+    _save_npy(path, emb)
     return emb

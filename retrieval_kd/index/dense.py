@@ -52,7 +52,6 @@ def build_faiss_index(kind: str, vectors: np.ndarray, nlist: int = 64, m: int = 
         raise ValueError(f"unknown FAISS baseline {kind!r}; use one of {INDEX_TYPES[:-1]} "
                          "(distill-vq indexes come from `rkd vq train`)")
     if not index.is_trained:
-        faiss.seed_global_rng = seed if hasattr(faiss, "seed_global_rng") else None
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed

@@ -132,9 +132,9 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
                                                     seed=cfg.seed)
     _, top = exact_topk(queries, docs, min(cfg.top_k, len(docs)))
     d_t, q_t = torch.from_numpy(docs), torch.from_numpy(queries)
-    loss_fn = ListwiseDistillLoss(cfg.temperature) if cfg.loss == "listnet" else MarginMSEDistillLoss()
     if cfg.loss not in ("listnet", "margin-mse"):
         raise ValueError(f"unknown Distill-VQ loss {cfg.loss!r}; use listnet or margin-mse")
+    loss_fn = ListwiseDistillLoss(cfg.temperature) if cfg.loss == "listnet" else MarginMSEDistillLoss()
     groups = [{"params": [module.codebooks], "lr": cfg.lr}]
     if module.nlist:
         groups.append({"params": [module.centroids], "lr": cfg.lr})

@@ -184,8 +184,6 @@ def _safe(name: str) -> str:
 
 def bm25_index_for(collection, index_dir: Path | None = None, params=None, rebuild: bool = False):
     """Open the BM25 index of a collection, building and saving it when absent or stale."""
-    from dataclasses import asdict
-
     from retrieval_kd.paths import indexes_dir
     from retrieval_kd.utils.progress import progress_enabled
 

@@ -6,33 +6,13 @@ import hashlib
 import json
 import logging
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Teacher", "model_revision"]
-
-
-def model_revision(model_name_or_path: str) -> str:
-    """A revision string for a model: the hub snapshot's commit, or a hash of a local folder's file listing."""
-    path = Path(model_name_or_path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
-        return "local-" + h.hexdigest()[:16]
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model_name_or_path, "config.json")
-        if isinstance(cached, str):
-            return Path(cached).parent.name
-    except Exception:  # noqa: BLE001 - revision is informative, never fatal
-        logger.debug("no cached revision for %s", model_name_or_path, exc_info=True)
-    return "unknown"
+__all__ = ["Teacher"]
 
 
 class Teacher(ABC):
@@ -54,6 +34,10 @@ class Teacher(ABC):
     @abstractmethod
     def score(self, query: str, doc_ids: list[str], doc_texts: list[str]) -> np.ndarray:
         """Scores of the candidates for one query, aligned with ``doc_ids``."""
+
+    def score_batch(self, items: list[tuple[str, list[str], list[str]]]) -> list[np.ndarray]:
+        """Scores of several ``(query, doc_ids, doc_texts)`` items; teachers that batch across queries override it."""
+        return [self.score(query, ids, texts) for query, ids, texts in items]
 
     @property
     def fingerprint(self) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval_kd.teachers.base import Teacher, model_revision
+from retrieval_kd.models.revision import model_revision
+from retrieval_kd.teachers.base import Teacher
 
 __all__ = ["CrossEncoderTeacher"]
 

@@ -52,7 +52,8 @@ def score_candidates(
 ) -> dict:
     """Score every (query, candidate) pair with ``teacher`` into the store at ``store_dir``.
 
-    Candidates are passed to the teacher in descending candidate-score order (FIRST's windows follow it).
+    Queries go to :meth:`Teacher.score_batch` a batch at a time; candidates are passed to the teacher in
+    descending candidate-score order (FIRST's windows follow it).
     An :class:`EnsembleTeacher` scores its members first, then combines their stored scores.
 
     Returns a summary: fingerprint, queries scored now, queries skipped as done, pairs stored.
@@ -93,10 +94,7 @@ def score_candidates(
                 ids = [d for d, _ in sorted(candidates[qid].items(), key=lambda kv: (-kv[1], kv[0]))]
                 items.append((queries[qid], ids, collection.corpus.texts(ids) if ids else []))
                 ids_per_query.append(ids)
-            if hasattr(teacher, "score_batch"):
-                results = teacher.score_batch(items)
-            else:
-                results = [teacher.score(q, ids, texts) for q, ids, texts in items]
+            results = teacher.score_batch(items)
             store.put_many(teacher.fingerprint, {
                 qid: dict(zip(ids, map(float, scores))) for qid, ids, scores in zip(batch, ids_per_query, results)
             })

@@ -1,0 +1,30 @@
+"""The revision of a model, recorded in fingerprints and cache keys."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["model_revision"]
+
+
+def model_revision(model_name_or_path: str) -> str:
+    """A revision string for a model: the hub snapshot's commit, or a hash of a local folder's file listing."""
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+        return "local-" + h.hexdigest()[:16]
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model_name_or_path, "config.json")
+        if isinstance(cached, str):
+            return Path(cached).parent.name
+    except Exception:  # noqa: BLE001 - revision is informative, never fatal
+        logger.debug("no cached revision for %s", model_name_or_path, exc_info=True)
+    return "unknown"
