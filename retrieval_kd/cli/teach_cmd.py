@@ -112,7 +112,7 @@ def _export(args) -> int:
     qrels = collection.qrels(args.split)
     level = collection.conventions.relevance_level
     with ScoreStore(args.store) as store:
-        fingerprint = store.resolve(args.teacher) if args.teacher != "ensemble" else _only_ensemble(store)
+        fingerprint = store.resolve(args.teacher)
         run = store.get(fingerprint, qids=list(qrels))
     if args.format == "tsv":
         n = export_tsv(run, qrels, args.out, level, args.max_negatives)
@@ -122,13 +122,6 @@ def _export(args) -> int:
         n = to_hf_dataset(run, qrels, collection, level=level, max_negatives=args.max_negatives, path=args.out).num_rows
     print(f"wrote {args.out}: {n} rows ({args.format}) from {fingerprint}")
     return 0
-
-
-def _only_ensemble(store) -> str:
-    ensembles = [fp for fp in store.teachers() if fp.startswith("ensemble-")]
-    if len(ensembles) != 1:
-        raise KeyError(f"{store.path}: 'ensemble' is ambiguous ({len(ensembles)} ensembles); name a fingerprint")
-    return ensembles[0]
 
 
 def _list(args) -> int:

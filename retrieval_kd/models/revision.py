@@ -12,12 +12,17 @@ __all__ = ["model_revision"]
 
 
 def model_revision(model_name_or_path: str) -> str:
-    """A revision string for a model: the hub snapshot's commit, or a hash of a local folder's file listing."""
+    """A revision string for a model: the hub snapshot's commit, or a hash of a local folder's file listing.
+
+    A local folder's hash covers each file's name, size and modification time, so a model retrained into the same
+    folder (same file sizes, new weights) gets a new revision and never reuses embeddings cached for the old one.
+    """
     path = Path(model_name_or_path)
     if path.is_dir():
         h = hashlib.sha256()
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
         return "local-" + h.hexdigest()[:16]
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -155,11 +155,14 @@ class ScoreStore:
         return self._conn.execute("SELECT COUNT(*) FROM scores WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
 
     def resolve(self, name_or_fingerprint: str) -> str:
-        """A fingerprint from a fingerprint or a teacher name (unique prefix match on names allowed)."""
+        """A fingerprint from a fingerprint, a teacher name, or ``ensemble`` (the store's only ensemble)."""
         teachers = self.teachers()
         if name_or_fingerprint in teachers:
             return name_or_fingerprint
-        matches = [fp for fp, t in teachers.items() if t["name"] == name_or_fingerprint]
+        if name_or_fingerprint == "ensemble":
+            matches = [fp for fp in teachers if fp.startswith("ensemble-")]
+        else:
+            matches = [fp for fp, t in teachers.items() if t["name"] == name_or_fingerprint]
         if len(matches) == 1:
             return matches[0]
         known = ", ".join(f"{t['name']} ({fp})" for fp, t in teachers.items())

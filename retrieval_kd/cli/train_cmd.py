@@ -1,0 +1,55 @@
+"""``rkd train``: train students from stored teacher scores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EPILOG_DENSE = """examples:
+  rkd train dense --config configs/dense/scifact-demo.yaml
+  rkd train dense --config configs/dense/scifact-demo.yaml --set loss.name=kl --set training.seed=1 \\
+      --set output_dir=experiments/scifact-dense/kl-seed1
+  torchrun --nproc_per_node 2 -m retrieval_kd.cli.main train dense --config FILE.yaml   # DDP (gloo on CPU)
+then: rkd search dense --model OUTPUT_DIR --dataset scifact --split test --output runs/student.run"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train students (dense bi-encoders) from teacher scores")
+    kind = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    dense = kind.add_parser("dense", help="distil teacher scores into a SentenceTransformer",
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_DENSE)
+    dense.add_argument("--config", required=True, type=Path, help="YAML config (see configs/dense/)")
+    dense.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (dotted, YAML value), e.g. training.seed=1; repeatable")
+    dense.add_argument("--summary", type=Path, default=None, help="also write the run summary (JSON) here")
+    dense.set_defaults(func=_dense)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _dense(args) -> int:
+    from retrieval_kd.data.formats import atomic_write
+    from retrieval_kd.students import load_config, train_dense
+
+    config = load_config(args.config, parse_overrides(args.overrides))
+    summary = train_dense(config)
+    summary.pop("log_history", None)
+    if args.summary:
+        with atomic_write(args.summary) as fh:
+            json.dump(summary, fh, indent=1)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0

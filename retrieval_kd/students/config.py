@@ -1,0 +1,209 @@
+"""Typed configuration of a dense distillation run; YAML is read here and nowhere else.
+
+A config file::
+
+    name: scifact-demo
+    model: sentence-transformers/all-MiniLM-L6-v2
+    max_seq_length: 256          # saved with the model (inference)
+    train_max_length: 128        # truncation while training (cheaper on a CPU)
+    output_dir: experiments/scifact-dense/student
+    data:
+      dataset: scifact
+      split: train
+      store: experiments/scifact-dense/scores     # from `rkd teach`
+      teacher: ensemble                           # name or fingerprint in the store
+      max_negatives: 30
+      dev_fraction: 0.1                           # held-out *train* queries for evaluation during training
+    loss: {name: margin-mse}                      # margin-mse | kl | dual | mnrl
+    sampler: {kind: tas-balanced, n_bins: 10}     # random | topic | tas-balanced
+    training:                                     # any SentenceTransformerTrainingArguments field
+      num_train_epochs: 1
+      per_device_train_batch_size: 32
+      learning_rate: 2.0e-5
+
+:func:`load_config` checks every key (a misspelt one is an error naming the file and key) and
+:meth:`DenseTrainingConfig.training_arguments` turns the ``training`` block into
+``SentenceTransformerTrainingArguments``, with the batch sampler plugged in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DataConfig", "DenseTrainingConfig", "LossConfig", "SamplerConfig", "load_config"]
+
+
+@dataclass
+class DataConfig:
+    """Where the teacher scores and texts come from.
+
+    Attributes:
+        dataset: dataset reference (registered name, BEIR folder, ``irds:`` id).
+        split: the training split; its judged documents are the positives.
+        store: score-store folder written by ``rkd teach``.
+        teacher: teacher name or fingerprint in the store (``ensemble`` = the store's single ensemble).
+        max_negatives: scored negatives kept per query (hardest first).
+        teacher_scale: multiplies teacher scores (to match the student's score range).
+        dev_fraction: share of training queries held out for evaluation during training (0: none).
+        dev_max_queries: at most this many dev queries.
+    """
+
+    dataset: str = "scifact"
+    split: str = "train"
+    store: str = "experiments/scifact-dense/scores"
+    teacher: str = "ensemble"
+    max_negatives: int | None = 30
+    teacher_scale: float = 1.0
+    dev_fraction: float = 0.1
+    dev_max_queries: int | None = 100
+
+
+@dataclass
+class LossConfig:
+    """The training loss.
+
+    Attributes:
+        name: ``margin-mse`` (Hofstaetter et al. 2020), ``kl`` (listwise KL), ``dual`` (TAS-B's pairwise +
+            in-batch teacher) or ``mnrl`` (no teacher: in-batch contrastive on qrels positives and mined negatives).
+        kl_temperature: temperature of the listwise KL.
+        inbatch_weight: lambda of the dual teacher's in-batch term.
+        inbatch_temperature: softmax temperature of the in-batch term (scores are cosines).
+        inbatch_teacher: SentenceTransformer whose cached embeddings score in-batch pairs.
+        mnrl_scale: similarity scale of MultipleNegativesRankingLoss.
+    """
+
+    name: str = "margin-mse"
+    kl_temperature: float = 1.0
+    inbatch_weight: float = 1.0
+    inbatch_temperature: float = 0.05
+    inbatch_teacher: str = "sentence-transformers/all-MiniLM-L6-v2"
+    mnrl_scale: float = 20.0
+
+
+@dataclass
+class SamplerConfig:
+    """Batch composition (TAS-Balanced, Hofstaetter et al. 2021).
+
+    Attributes:
+        kind: ``random``, ``topic`` (each batch from one query cluster) or ``tas-balanced`` (topic + pairs drawn
+            uniformly over teacher-margin bins).
+        n_clusters: k-means clusters of the training queries (default: queries / batch size).
+        n_bins: margin bins per query.
+        cluster_model: the SentenceTransformer whose query embeddings are clustered.
+    """
+
+    kind: str = "tas-balanced"
+    n_clusters: int | None = None
+    n_bins: int = 10
+    cluster_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass
+class DenseTrainingConfig:
+    """A dense distillation run.
+
+    Attributes:
+        name: run name (model card, logs).
+        model: the student to start from (hub id or SentenceTransformer folder).
+        max_seq_length: the saved model's truncation (inference).
+        train_max_length: truncation while training (None: ``max_seq_length``).
+        output_dir: the saved SentenceTransformer folder; checkpoints go to ``<output_dir>-checkpoints``.
+        resume: ``auto`` (resume from the newest checkpoint if there is one), ``never``, or a checkpoint path.
+        data, loss, sampler: see their classes.
+        training: keyword arguments of ``SentenceTransformerTrainingArguments``.
+    """
+
+    name: str = "dense-student"
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    max_seq_length: int = 256
+    train_max_length: int | None = None
+    output_dir: str = "experiments/dense-student/model"
+    resume: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return f"{self.output_dir.rstrip('/')}-checkpoints"
+
+    def training_arguments(self, batch_sampler=None, has_evaluator: bool = False):
+        """``SentenceTransformerTrainingArguments`` from the ``training`` block (the one place YAML becomes them)."""
+        from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+        kwargs = {"per_device_train_batch_size": 32, "num_train_epochs": 1, "learning_rate": 2e-5,
+                  "warmup_steps": 0.1, "logging_steps": 5, "save_strategy": "epoch", "save_total_limit": 2,
+                  "report_to": "none", "seed": 42, "dataloader_drop_last": False}
+        if has_evaluator:
+            kwargs.update({"eval_strategy": "epoch"})
+        kwargs.update(self.training)
+        names = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"config {self.name!r}: unknown training argument(s) {unknown}; see "
+                             "SentenceTransformerTrainingArguments")
+        if batch_sampler is not None:
+            kwargs["batch_sampler"] = batch_sampler
+        return SentenceTransformerTrainingArguments(output_dir=self.checkpoint_dir, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: Any, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for key, value in values.items():
+        sub = {"data": DataConfig, "loss": LossConfig, "sampler": SamplerConfig}.get(key) if cls is DenseTrainingConfig else None
+        kwargs[key] = _build(sub, value, f"{where}: {key}") if sub else value
+    return cls(**kwargs)
+
+
+def load_config(source: str | os.PathLike | dict, overrides: dict | None = None) -> DenseTrainingConfig:
+    """A :class:`DenseTrainingConfig` from a YAML file (or a dict), validated.
+
+    Args:
+        source: YAML path or a mapping.
+        overrides: dotted keys to set after loading, e.g. ``{"loss.name": "kl", "training.seed": 1}``.
+    """
+    import yaml
+
+    if isinstance(source, dict):
+        values, where = dict(source), "config"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        where = str(path)
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for dotted, value in (overrides or {}).items():
+        head, _, tail = dotted.partition(".")
+        if tail:
+            values.setdefault(head, {})[tail] = value
+        else:
+            values[head] = value
+    config = _build(DenseTrainingConfig, values, where)
+    from retrieval_kd.students.losses import LOSSES
+    from retrieval_kd.students.sampler import SAMPLERS
+
+    if config.loss.name not in LOSSES:
+        raise ValueError(f"{where}: loss.name {config.loss.name!r} is not one of {sorted(LOSSES)}")
+    if config.sampler.kind not in SAMPLERS:
+        raise ValueError(f"{where}: sampler.kind {config.sampler.kind!r} is not one of {list(SAMPLERS)}")
+    if not 0 <= config.data.dev_fraction < 1:
+        raise ValueError(f"{where}: data.dev_fraction must be in [0, 1)")
+    return config

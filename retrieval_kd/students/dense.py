@@ -1,0 +1,179 @@
+"""Train a dense bi-encoder student from stored teacher scores, on sentence-transformers' trainer.
+
+The flow: teacher scores (score store, ``rkd teach``) -> teacher-scored pairs (:mod:`retrieval_kd.students.data`)
+-> batches (:mod:`retrieval_kd.students.sampler`: random, topic-aware or TAS-Balanced) -> loss
+(:mod:`retrieval_kd.students.losses`) -> ``SentenceTransformerTrainer`` (checkpoints, ``resume_from_checkpoint``,
+evaluation on held-out training queries, logging, DDP under ``torchrun``, bf16/fp16 and gradient checkpointing
+through its training arguments) -> an ordinary SentenceTransformer folder with a model card.
+
+References:
+    Hofstaetter et al. 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge
+    Distillation" (Margin-MSE). Hofstaetter et al. 2021, "Efficiently Teaching an Effective Dense Retriever with
+    Balanced Topic Aware Sampling" (TAS-Balanced, dual teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from retrieval_kd.students.config import DenseTrainingConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["train_dense", "resolve_teacher_scores"]
+
+
+def resolve_teacher_scores(store_dir: str | os.PathLike, teacher: str, query_ids) -> tuple[str, dict]:
+    """``(fingerprint, {qid: {did: score}})`` of one teacher in a score store."""
+    from retrieval_kd.teachers import ScoreStore
+
+    if not Path(store_dir, ScoreStore.MAIN).exists():
+        raise FileNotFoundError(f"{store_dir}: no score store; create it with `rkd teach ... --store {store_dir}`")
+    with ScoreStore(store_dir) as store:
+        fingerprint = store.resolve(teacher)
+        return fingerprint, store.get(fingerprint, qids=list(query_ids))
+
+
+def _last_checkpoint(folder: str) -> str | None:
+    if not os.path.isdir(folder):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(folder)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) -> dict[str, Any]:
+    """Train the student that ``config`` describes and save it to ``config.output_dir``.
+
+    Args:
+        config: the run.
+        collection: an already loaded collection (default: ``config.data.dataset``).
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+
+    Returns a summary: output folder, training seconds, final training loss, dev metrics, teacher fingerprint.
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.students.data import DistillationCollator, InBatchTeacher, dev_evaluator, pair_dataset, split_dev
+    from retrieval_kd.students.losses import LOSSES, build_loss
+    from retrieval_kd.students.sampler import cluster_queries, tas_sampler
+
+    t0 = time.perf_counter()
+    collection = collection or load_collection(config.data.dataset)
+    qrels = collection.qrels(config.data.split)
+    level = collection.conventions.relevance_level
+    fingerprint, run = resolve_teacher_scores(config.data.store, config.data.teacher, qrels)
+    seed = int(config.training.get("seed", 42))
+    with_positive = [q for q, docs in run.items() if any(qrels.get(q, {}).get(d, 0) >= level for d in docs)]
+    train_q, dev_q = split_dev(with_positive, config.data.dev_fraction, seed, config.data.dev_max_queries)
+    dataset = pair_dataset(run, qrels, collection, level, config.data.max_negatives, config.data.teacher_scale,
+                           query_ids=train_q)
+    train_q = sorted(set(dataset["query_id"]))
+    batch_size = int(config.training.get("per_device_train_batch_size", 32))
+
+    clusters = None
+    if config.sampler.kind != "random":
+        from retrieval_kd.encoders import query_embeddings
+
+        texts = {q: collection.all_queries[q] for q in train_q}
+        emb = query_embeddings(config.sampler.cluster_model, texts, config.max_seq_length)
+        k = config.sampler.n_clusters or max(1, len(train_q) // batch_size)
+        clusters = dict(zip(train_q, cluster_queries(emb, k, seed=seed).tolist()))
+        logger.info("clustered %d training queries into %d topics", len(train_q), len(set(clusters.values())))
+    sampler = tas_sampler(config.sampler.kind, clusters, config.sampler.n_bins)
+
+    model = SentenceTransformer(config.model)
+    model.max_seq_length = config.train_max_length or config.max_seq_length
+    loss = build_loss(config.loss.name, model, config.loss.kl_temperature, config.loss.inbatch_weight,
+                      config.loss.inbatch_temperature, config.loss.mnrl_scale)
+    evaluator = dev_evaluator(collection, dev_q, run, qrels, level) if dev_q else None
+    args = config.training_arguments(sampler, has_evaluator=evaluator is not None)
+    model.model_card_data.model_name = f"{config.name}: {Path(str(config.model)).name} distilled on {collection.name}"
+    model.model_card_data.language = ["en"]
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator,
+                                         callbacks=callbacks)
+    inbatch = None
+    if config.loss.name == "dual":
+        inbatch = InBatchTeacher.from_model(config.loss.inbatch_teacher, collection,
+                                            {q: collection.all_queries[q] for q in train_q}, config.max_seq_length)
+    trainer.data_collator = DistillationCollator(trainer.data_collator, LOSSES[config.loss.name], inbatch)
+
+    resume = None
+    if config.resume == "auto":
+        resume = _last_checkpoint(config.checkpoint_dir)
+    elif config.resume != "never":
+        resume = config.resume
+    if resume:
+        logger.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+
+    model.max_seq_length = config.max_seq_length
+    # the last evaluation during training (at the training truncation) stands for the dev result
+    evals = [h for h in trainer.state.log_history if any(k.startswith("eval_") for k in h)]
+    dev_metrics = {k[5:]: float(v) for k, v in (evals[-1] if evals else {}).items()
+                   if k.startswith("eval_dev_")}
+    summary = {
+        "name": config.name, "output_dir": str(config.output_dir), "teacher": fingerprint,
+        "train_queries": len(train_q), "dev_queries": len(dev_q), "pairs": dataset.num_rows,
+        "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
+        "train_seconds": round(seconds, 1), "resumed_from": resume, "dev": dev_metrics,
+        "log_history": trainer.state.log_history,
+    }
+    if trainer.is_world_process_zero():
+        _save(model, config, summary)
+    return summary
+
+
+def _save(model, config: DenseTrainingConfig, summary: dict) -> None:
+    """Save the SentenceTransformer folder atomically (temporary folder, then rename) with a model card."""
+    out = Path(config.output_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save(str(tmp))
+    card = tmp / "README.md"
+    card.write_text((card.read_text() if card.exists() else "") + _card_section(config, summary))
+    (tmp / "rkd_training.json").write_text(json.dumps({"config": config.to_dict(), "summary": summary}, indent=1,
+                                                      default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    logger.info("saved %s", out)
+
+
+def _card_section(config: DenseTrainingConfig, summary: dict) -> str:
+    loss_names = {"margin-mse": "Margin-MSE (Hofstaetter et al. 2020)", "kl": "listwise KL over teacher scores",
+                  "dual": "dual teacher: pairwise Margin-MSE + in-batch KL (Hofstaetter et al. 2021)",
+                  "mnrl": "MultipleNegativesRankingLoss (no teacher)"}
+    sampler_names = {"random": "random batches", "topic": "topic-aware batches (query clusters)",
+                     "tas-balanced": "TAS-Balanced (query clusters + balanced margins, Hofstaetter et al. 2021)"}
+    dev = "\n".join(f"| {k} | {v:.4f} |" for k, v in summary["dev"].items() if "ndcg" in k or "mrr" in k)
+    lines = [
+        "\n\n## Distillation (retrieval-kd)\n",
+        f"- Student: `{config.model}` (max_seq_length {config.max_seq_length}, trained at "
+        f"{config.train_max_length or config.max_seq_length} tokens)",
+        f"- Teacher: `{summary['teacher']}` from the score store `{config.data.store}`",
+        f"- Data: `{config.data.dataset}` split `{config.data.split}`: {summary['train_queries']} training queries, "
+        f"{summary['pairs']} teacher-scored (query, positive, negative) pairs, up to {config.data.max_negatives} "
+        "negatives per query",
+        f"- Loss: {loss_names.get(config.loss.name, config.loss.name)}",
+        f"- Batches: {sampler_names.get(config.sampler.kind, config.sampler.kind)}",
+        f"- Steps: {summary['steps']}, final training loss {summary['train_loss']:.4f}, {summary['train_seconds']} s",
+    ]
+    if dev:
+        lines += [f"\nEvaluation on {summary['dev_queries']} held-out training queries (their candidate passages):\n",
+                  "| metric | value |", "|---|---:|", dev]
+    return "\n".join(lines) + "\n"

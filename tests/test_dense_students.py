@@ -1,0 +1,316 @@
+"""Dense students: losses against hand-computed values, sampler properties, training, resume, DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval_kd.students.losses import DualTeacherLoss, build_loss, inbatch_kl
+from retrieval_kd.students.sampler import TASBalancedBatchSampler, margin_bins, tas_sampler
+
+from .conftest import ROOT, write_jsonl
+
+WORDS = ("fish pond water grow goldfish wifi bluetooth radio wireless phone war history battery solar power "
+         "energy cell protein gene cancer tumor vaccine virus immune heart blood brain sleep memory").split()
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def tiny_st_folder(tmp_path_factory):
+    """A randomly initialised 2-layer BERT with a word-level vocabulary, saved as a SentenceTransformer folder."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-st")
+    hf = folder / "hf"
+    hf.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    assert tokenizer("fish pond")["input_ids"] == [2, 5, 6, 3]
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    BertModel(config).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    transformer = Transformer(str(hf), max_seq_length=32)
+    model = SentenceTransformer(modules=[transformer, Pooling(16, "mean"), Normalize()])
+    model.save(str(folder / "st"))
+    return folder / "st"
+
+
+@pytest.fixture
+def tiny_distill(tmp_path, tiny_st_folder):
+    """A 16-document BEIR folder, 12 judged train queries, and a score store with a hand-made ensemble teacher."""
+    from retrieval_kd.teachers import ScoreStore
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "beir"
+    docs = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, 6))} for i in range(16)]
+    write_jsonl(folder / "corpus.jsonl", docs)
+    # a query takes three words of its positive: a learnable signal
+    queries = [{"_id": f"q{i}", "text": " ".join(rng.choice(docs[i]["text"].split(), 3))} for i in range(12)]
+    write_jsonl(folder / "queries.jsonl", queries)
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(12)))
+    store = tmp_path / "scores"
+    with ScoreStore(store) as s:
+        s.register("ensemble-test", "ensemble(test)", {})
+        for i in range(12):
+            scores = {f"d{j}": float(rng.uniform(0, 0.6)) for j in rng.choice(16, 8, replace=False) if j != i}
+            scores[f"d{i}"] = 0.9
+            s.put_query("ensemble-test", f"q{i}", scores)
+    config = {
+        "name": "tiny", "model": str(tiny_st_folder), "max_seq_length": 32, "output_dir": str(tmp_path / "student"),
+        "data": {"dataset": str(folder), "split": "train", "store": str(store), "max_negatives": 5,
+                 "dev_fraction": 0.0},
+        "loss": {"name": "margin-mse", "inbatch_teacher": str(tiny_st_folder)},
+        "sampler": {"kind": "tas-balanced", "n_clusters": 3, "cluster_model": str(tiny_st_folder), "n_bins": 3},
+        "training": {"per_device_train_batch_size": 4, "max_steps": 6, "learning_rate": 1e-3, "logging_steps": 1,
+                     "save_strategy": "no", "seed": 7, "dataloader_pin_memory": False, "use_cpu": True},
+    }
+    return config
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+def _emb(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_margin_mse_equals_hand_computed_value():
+    q, p, n = _emb([[1, 0], [0, 1]]), _emb([[0.5, 0.5], [0, 2]]), _emb([[1, 0], [1, 1]])
+    labels = _emb([[3.0, 1.0], [0.5, 1.0]])          # teacher margins 2.0 and -0.5
+    loss = build_loss("margin-mse", model=None).compute_loss_from_embeddings([q, p, n], labels)
+    # student margins: q1: 0.5 - 1 = -0.5 ; q2: 2 - 1 = 1  -> ((-0.5 - 2)^2 + (1 + 0.5)^2) / 2 = (6.25 + 2.25) / 2
+    assert float(loss) == pytest.approx(4.25)
+
+
+def test_listwise_kl_equals_hand_computed_value():
+    q, p, n = _emb([[1.0, 0.0]]), _emb([[2.0, 0.0]]), _emb([[0.0, 1.0]])
+    labels = _emb([[1.0, 0.0]])
+    loss = build_loss("kl", model=None, kl_temperature=1.0).compute_loss_from_embeddings([q, p, n], labels)
+    # student scores (2, 0), teacher (1, 0): KL(t || s) = sum t log t/s
+    t = np.exp([1, 0]) / np.exp([1, 0]).sum()
+    s = np.exp([2, 0]) / np.exp([2, 0]).sum()
+    assert float(loss) == pytest.approx(float((t * np.log(t / s)).sum()), rel=1e-5)
+
+
+def test_inbatch_kl_and_dual_teacher_equal_hand_computed_values():
+    q = _emb([[1.0, 0.0], [0.0, 1.0]])
+    pos, neg = _emb([[1.0, 0.0], [0.0, 1.0]]), _emb([[0.0, 1.0], [1.0, 0.0]])
+    teacher = _emb([[0.9, 0.1, 0.2, 0.8], [0.1, 0.9, 0.8, 0.2]])   # (B, 2B) over [p1, p2, n1, n2]
+    tau = 0.5
+    value = inbatch_kl(q, torch.cat([pos, neg]), teacher, tau, tau)
+    student = (q @ torch.cat([pos, neg]).T).numpy() / tau        # [[1,0,0,1],[0,1,1,0]] / tau
+    expected = 0.0
+    for i in range(2):
+        t = np.exp(teacher[i].numpy() / tau) / np.exp(teacher[i].numpy() / tau).sum()
+        s = np.exp(student[i]) / np.exp(student[i]).sum()
+        expected += (t * np.log(t / s)).sum()
+    assert float(value) == pytest.approx(expected / 2, rel=1e-5)
+
+    loss = DualTeacherLoss(model=None, inbatch_weight=0.5, student_temperature=tau, teacher_temperature=tau)
+    labels = torch.cat([_emb([[1.0, 0.0], [0.2, 0.4]]), teacher], dim=1)
+    # pairwise: student margins 1 - 0 = 1 for both; teacher margins 1 and -0.2 -> (0 + 1.44) / 2 = 0.72
+    total = loss.compute_loss_from_embeddings([q, pos, neg], labels)
+    assert float(total) == pytest.approx(0.72 + 0.5 * expected / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="does not match expected"):
+        loss.compute_loss_from_embeddings([q, pos, neg], labels[:, :2])
+
+
+def test_mnrl_baseline_equals_hand_computed_value():
+    q, p, n = _emb([[1.0, 0.0], [0.0, 1.0]]), _emb([[1.0, 0.0], [0.6, 0.8]]), _emb([[0.0, 1.0], [1.0, 0.0]])
+    loss = build_loss("mnrl", model=None, mnrl_scale=1.0)
+    value = loss.compute_loss_from_embeddings([q, p, n], labels=None)
+    # cosine scores of each query against [p1, p2, n1, n2]; cross-entropy with the own positive as target
+    docs = np.array([[1, 0], [0.6, 0.8], [0, 1], [1, 0]])
+    scores = np.array([[1, 0], [0, 1]]) @ docs.T
+    ce = [-(scores[i, i] - math.log(np.exp(scores[i]).sum())) for i in range(2)]
+    assert float(value) == pytest.approx(np.mean(ce), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------- sampler
+class _Rows:
+    """The three columns the sampler reads, like a datasets.Dataset."""
+
+    def __init__(self, qids, sp, sn):
+        self._cols = {"query_id": qids, "score_positive": sp, "score_negative": sn}
+        self.column_names = list(self._cols)
+
+    def __getitem__(self, key):
+        return self._cols[key]
+
+    def __len__(self):
+        return len(self._cols["query_id"])
+
+
+def _pair_rows(n_queries=40, pairs_per_query=50, seed=0):
+    rng = np.random.default_rng(seed)
+    qids, sp, sn = [], [], []
+    for q in range(n_queries):
+        # skewed margins: most pairs easy (large margin), few hard: balancing must flatten this
+        margins = np.concatenate([rng.uniform(0.9, 1.0, pairs_per_query - 5), rng.uniform(0.0, 0.9, 5)])
+        for m in margins:
+            qids.append(f"q{q}")
+            sp.append(1.0)
+            sn.append(1.0 - m)
+    return _Rows(qids, sp, sn)
+
+
+def test_batches_share_a_cluster_and_every_query_is_used_once_per_epoch():
+    rows = _pair_rows()
+    clusters = {f"q{q}": q % 4 for q in range(40)}
+    sampler = tas_sampler("tas-balanced", clusters, n_bins=10)(rows, batch_size=4, drop_last=False, seed=3)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 12          # 4 clusters of 10 queries -> 3 batches each
+        seen = [rows["query_id"][i] for b in batches for i in b]
+        assert sorted(seen) == sorted(clusters)              # every query exactly once
+        for b in batches:
+            assert len({clusters[rows["query_id"][i]] for i in b}) == 1
+    sampler.set_epoch(0)
+    again = tas_sampler("tas-balanced", clusters, n_bins=10)(rows, batch_size=4, drop_last=False, seed=3)
+    assert list(again) == list(sampler)                      # deterministic: same seed and epoch, same batches
+    sampler.set_epoch(1)
+    assert list(again) != list(sampler)
+
+
+def test_balanced_margins_are_uniform_over_bins_and_random_is_not():
+    rows = _pair_rows(n_queries=8)
+    margins = np.asarray(rows["score_positive"]) - np.asarray(rows["score_negative"])
+    q0 = np.flatnonzero(np.asarray(rows["query_id"]) == "q0")
+    bins = margin_bins(margins[q0], 10)
+    bin_of = {int(q0[i]): b for b, members in enumerate(bins) for i in members}
+    counts = {}
+    for kind in ("tas-balanced", "topic"):
+        sampler = tas_sampler(kind, {f"q{q}": 0 for q in range(8)}, n_bins=10)(rows, batch_size=8, drop_last=False)
+        c = Counter()
+        for epoch in range(4000):
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                c.update(bin_of[i] for i in batch if i in bin_of)
+        counts[kind] = np.array([c[b] for b in range(len(bins))])
+    expected = 4000 / len(bins)
+    assert np.all(np.abs(counts["tas-balanced"] - expected) < 0.15 * expected)   # uniform over non-empty bins
+    # unbalanced: the easy pairs (90% of a query's pairs, in the top bins) dominate
+    assert counts["topic"][-2:].sum() > 0.8 * 4000 > 2 * counts["tas-balanced"][-2:].sum()
+
+
+def test_random_sampler_mixes_clusters_and_topic_needs_clusters():
+    rows = _pair_rows()
+    sampler = tas_sampler("random")(rows, batch_size=8, drop_last=False)
+    assert len(sampler) == 5 and sorted(i for b in sampler for i in b) != []
+    with pytest.raises(ValueError, match="needs query clusters"):
+        tas_sampler("topic")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        tas_sampler("balanced")
+    with pytest.raises(KeyError, match="have no cluster"):
+        TASBalancedBatchSampler(rows, 4, clusters={"q0": 0})
+
+
+# ------------------------------------------------------------------------------------------------- training
+def test_config_rejects_unknown_keys_with_file_and_key(tmp_path):
+    from retrieval_kd.students import load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nloss: {name: margin-mse, tempreature: 2}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: loss: unknown key\(s\) \['tempreature'\]"):
+        load_config(path)
+    path.write_text("sampler: {kind: clusters}\n")
+    with pytest.raises(ValueError, match="sampler.kind 'clusters'"):
+        load_config(path)
+    config = load_config({"training": {"num_train_epochs": 1, "not_an_arg": 3}})
+    with pytest.raises(ValueError, match="not_an_arg"):
+        config.training_arguments()
+
+
+@pytest.mark.parametrize("loss", ["margin-mse", "dual"])
+def test_tiny_end_to_end_lowers_the_loss_and_saves_a_plain_sentence_transformer(tiny_distill, loss):
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_kd.students import load_config, train_dense
+
+    config = load_config(tiny_distill, {"loss.name": loss, "training.max_steps": 40, "training.learning_rate": 5e-3})
+    summary = train_dense(config)
+    assert summary["steps"] == 40 and len([h for h in summary["log_history"] if "loss" in h]) == 40
+
+    def margin_mse(model_path):
+        """The Margin-MSE of a model over every teacher-scored pair (fixed set, unlike the sampled batches)."""
+        from retrieval_kd.data import load_collection
+        from retrieval_kd.students.data import pair_dataset
+        from retrieval_kd.students.dense import resolve_teacher_scores
+
+        c = load_collection(config.data.dataset)
+        _, run = resolve_teacher_scores(config.data.store, "ensemble", c.qrels("train"))
+        ds = pair_dataset(run, c.qrels("train"), c, max_negatives=5)
+        m = SentenceTransformer(str(model_path))
+        q, p, n = (m.encode(list(ds[col]), convert_to_tensor=True) for col in ("query", "positive", "negative"))
+        labels = torch.tensor([list(ds["score_positive"]), list(ds["score_negative"])]).T
+        return float(build_loss("margin-mse", m).compute_loss_from_embeddings([q, p, n], labels))
+
+    if loss == "margin-mse":   # the dual teacher also pulls towards the in-batch teacher: no such bound for it
+        before, after = margin_mse(config.model), margin_mse(config.output_dir)
+        assert after < 0.7 * before, (before, after)
+    model = SentenceTransformer(config.output_dir)            # nothing from this project needed to load it
+    assert model.encode(["fish pond"]).shape == (1, 16)
+    card = (ROOT / config.output_dir / "README.md").read_text() if not os.path.isabs(config.output_dir) else \
+        open(os.path.join(config.output_dir, "README.md")).read()
+    assert "Distillation (retrieval-kd)" in card and "ensemble-test" in card
+
+
+def test_resume_from_checkpoint_ends_with_the_same_weights(tiny_distill, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from retrieval_kd.students import load_config, train_dense
+
+    steps = {"training.max_steps": 6, "training.save_strategy": "steps", "training.save_steps": 3}
+    full = load_config(tiny_distill, {**steps, "output_dir": str(tmp_path / "full")})
+    train_dense(full)
+
+    class Kill(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise KeyboardInterrupt("killed")
+
+    cut = load_config(tiny_distill, {**steps, "output_dir": str(tmp_path / "cut")})
+    with pytest.raises(KeyboardInterrupt):
+        train_dense(cut, callbacks=[Kill()])
+    assert (tmp_path / "cut-checkpoints" / "checkpoint-3").is_dir() and not (tmp_path / "cut").exists()
+    summary = train_dense(cut)                                # resume: auto -> checkpoint-3
+    assert summary["resumed_from"].endswith("checkpoint-3")
+    a = load_file(str(next((tmp_path / "full").rglob("model.safetensors"))))
+    b = load_file(str(next((tmp_path / "cut").rglob("model.safetensors"))))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_torchrun_two_processes_train_and_save_a_loadable_model(tiny_distill, tmp_path):
+    import yaml
+    from sentence_transformers import SentenceTransformer
+
+    config = dict(tiny_distill, output_dir=str(tmp_path / "ddp"))
+    config["training"] = dict(config["training"], max_steps=4, ddp_backend="gloo")
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "retrieval_kd.cli.main", "-q", "train", "dense", "--config", str(path)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = SentenceTransformer(str(tmp_path / "ddp"))
+    assert model.encode(["goldfish"]).shape == (1, 16)
+    import json
+
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4
