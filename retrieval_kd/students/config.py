@@ -71,8 +71,11 @@ class LossConfig:
             in-batch teacher) or ``mnrl`` (no teacher: in-batch contrastive on qrels positives and mined negatives).
         kl_temperature: temperature of the listwise KL.
         inbatch_weight: lambda of the dual teacher's in-batch term.
-        inbatch_temperature: softmax temperature of the in-batch term (scores are cosines).
-        inbatch_teacher: SentenceTransformer whose cached embeddings score in-batch pairs.
+        inbatch_temperature: softmax temperature of the student's in-batch scores (cosines).
+        inbatch_teacher_temperature: softmax temperature of the in-batch teacher's scores (None: the same).
+        inbatch_teacher: who scores in-batch pairs: ``store`` (the pairwise teacher's stored scores; a passage it
+            did not score for a query gets that query's lowest score) or a SentenceTransformer whose cached
+            embeddings score every pair.
         mnrl_scale: similarity scale of MultipleNegativesRankingLoss.
     """
 
@@ -80,7 +83,8 @@ class LossConfig:
     kl_temperature: float = 1.0
     inbatch_weight: float = 1.0
     inbatch_temperature: float = 0.05
-    inbatch_teacher: str = "sentence-transformers/all-MiniLM-L6-v2"
+    inbatch_teacher_temperature: float | None = None
+    inbatch_teacher: str = "store"
     mnrl_scale: float = 20.0
 
 
@@ -94,12 +98,15 @@ class SamplerConfig:
         n_clusters: k-means clusters of the training queries (default: queries / batch size).
         n_bins: margin bins per query.
         cluster_model: the SentenceTransformer whose query embeddings are clustered.
+        clusters_file: a JSON ``{query_id: cluster}`` to use instead of clustering (the same topics across runs);
+            a run that clusters writes its clusters to ``<output_dir>/rkd_clusters.json``.
     """
 
     kind: str = "tas-balanced"
     n_clusters: int | None = None
     n_bins: int = 10
     cluster_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    clusters_file: str | None = None
 
 
 @dataclass

@@ -19,7 +19,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistillationCollator", "InBatchTeacher", "dev_evaluator", "pair_dataset", "split_dev"]
+__all__ = ["DistillationCollator", "InBatchTeacher", "StoredInBatchTeacher", "dev_evaluator", "pair_dataset",
+           "split_dev"]
 
 TEXT_COLUMNS = ("query", "positive", "negative")
 META_COLUMNS = ("query_id", "positive_id", "negative_id", "score_positive", "score_negative")
@@ -99,6 +100,32 @@ class InBatchTeacher:
             raise KeyError(f"in-batch teacher has no embedding for query {exc.args[0]!r}") from None
         d = np.asarray(self.docs[np.asarray(self.doc_rows(list(doc_ids)))])
         return q @ d.T
+
+
+class StoredInBatchTeacher:
+    """In-batch teacher scores taken from the pairwise teacher's own stored scores.
+
+    The pairwise teacher (e.g. the BM25 + MiniLM ensemble) scored each query's candidates only. A passage of the
+    batch that is not among a query's candidates (another query's positive or negative) was not retrieved for it
+    by first-stage search, so it gets the query's lowest stored score: the teacher ranks it below everything it
+    scored. This keeps one teacher for both terms without scoring new pairs.
+
+    Args:
+        run: ``{qid: {did: score}}`` of the teacher (already scaled like the pair labels).
+    """
+
+    def __init__(self, run: Mapping[str, Mapping[str, float]]):
+        self.run = run
+        self.floor = {q: min(s.values()) for q, s in run.items() if s}
+
+    def scores(self, query_ids: Sequence[str], doc_ids: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(query_ids), len(doc_ids)), dtype=np.float32)
+        for i, q in enumerate(query_ids):
+            if q not in self.run:
+                raise KeyError(f"the stored teacher has no scores for query {q!r}")
+            scores, floor = self.run[q], self.floor[q]
+            out[i] = [scores.get(d, floor) for d in doc_ids]
+        return out
 
 
 class DistillationCollator:

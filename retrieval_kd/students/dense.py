@@ -66,9 +66,16 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 
     from retrieval_kd.data import load_collection
-    from retrieval_kd.students.data import DistillationCollator, InBatchTeacher, dev_evaluator, pair_dataset, split_dev
+    from retrieval_kd.students.data import (
+        DistillationCollator,
+        InBatchTeacher,
+        StoredInBatchTeacher,
+        dev_evaluator,
+        pair_dataset,
+        split_dev,
+    )
     from retrieval_kd.students.losses import LOSSES, build_loss
-    from retrieval_kd.students.sampler import cluster_queries, tas_sampler
+    from retrieval_kd.students.sampler import tas_sampler
 
     t0 = time.perf_counter()
     collection = collection or load_collection(config.data.dataset)
@@ -85,19 +92,14 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
 
     clusters = None
     if config.sampler.kind != "random":
-        from retrieval_kd.encoders import query_embeddings
-
-        texts = {q: collection.all_queries[q] for q in train_q}
-        emb = query_embeddings(config.sampler.cluster_model, texts, config.max_seq_length)
-        k = config.sampler.n_clusters or max(1, len(train_q) // batch_size)
-        clusters = dict(zip(train_q, cluster_queries(emb, k, seed=seed).tolist()))
-        logger.info("clustered %d training queries into %d topics", len(train_q), len(set(clusters.values())))
+        clusters = _query_clusters(config, collection, train_q, batch_size, seed)
     sampler = tas_sampler(config.sampler.kind, clusters, config.sampler.n_bins)
 
     model = SentenceTransformer(config.model)
     model.max_seq_length = config.train_max_length or config.max_seq_length
     loss = build_loss(config.loss.name, model, config.loss.kl_temperature, config.loss.inbatch_weight,
-                      config.loss.inbatch_temperature, config.loss.mnrl_scale)
+                      config.loss.inbatch_temperature, config.loss.mnrl_scale,
+                      config.loss.inbatch_teacher_temperature)
     evaluator = dev_evaluator(collection, dev_q, run, qrels, level) if dev_q else None
     args = config.training_arguments(sampler, has_evaluator=evaluator is not None)
     model.model_card_data.model_name = f"{config.name}: {Path(str(config.model)).name} distilled on {collection.name}"
@@ -105,7 +107,10 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator,
                                          callbacks=callbacks)
     inbatch = None
-    if config.loss.name == "dual":
+    if config.loss.name == "dual" and config.loss.inbatch_teacher == "store":
+        scale = config.data.teacher_scale
+        inbatch = StoredInBatchTeacher({q: {d: v * scale for d, v in run[q].items()} for q in train_q})
+    elif config.loss.name == "dual":
         inbatch = InBatchTeacher.from_model(config.loss.inbatch_teacher, collection,
                                             {q: collection.all_queries[q] for q in train_q}, config.max_seq_length)
     trainer.data_collator = DistillationCollator(trainer.data_collator, LOSSES[config.loss.name], inbatch)
@@ -133,11 +138,32 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
-        _save(model, config, summary)
+        _save(model, config, summary, clusters)
     return summary
 
 
-def _save(model, config: DenseTrainingConfig, summary: dict) -> None:
+def _query_clusters(config: DenseTrainingConfig, collection, train_q: list[str], batch_size: int, seed: int) -> dict:
+    """Topic clusters of the training queries: from ``sampler.clusters_file``, else FAISS k-means on embeddings."""
+    from retrieval_kd.students.sampler import cluster_queries
+
+    if config.sampler.clusters_file:
+        path = Path(config.sampler.clusters_file)
+        clusters = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        missing = [q for q in train_q if q not in clusters]
+        if missing:
+            raise KeyError(f"{path}: {len(missing)} training queries have no cluster (e.g. {missing[0]!r})")
+        return {q: clusters[q] for q in train_q}
+    from retrieval_kd.encoders import query_embeddings
+
+    texts = {q: collection.all_queries[q] for q in train_q}
+    emb = query_embeddings(config.sampler.cluster_model, texts, config.max_seq_length)
+    k = config.sampler.n_clusters or max(1, len(train_q) // batch_size)
+    clusters = dict(zip(train_q, cluster_queries(emb, k, seed=seed).tolist()))
+    logger.info("clustered %d training queries into %d topics", len(train_q), len(set(clusters.values())))
+    return clusters
+
+
+def _save(model, config: DenseTrainingConfig, summary: dict, clusters: dict | None = None) -> None:
     """Save the SentenceTransformer folder atomically (temporary folder, then rename) with a model card."""
     out = Path(config.output_dir)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -146,6 +172,8 @@ def _save(model, config: DenseTrainingConfig, summary: dict) -> None:
     model.save(str(tmp))
     card = tmp / "README.md"
     card.write_text((card.read_text() if card.exists() else "") + _card_section(config, summary))
+    if clusters is not None:
+        (tmp / "rkd_clusters.json").write_text(json.dumps(clusters, sort_keys=True))
     (tmp / "rkd_training.json").write_text(json.dumps({"config": config.to_dict(), "summary": summary}, indent=1,
                                                       default=str))
     if out.exists():

@@ -24,7 +24,8 @@ LOSSES = {"margin-mse": "scores", "kl": "scores", "dual": "dual", "mnrl": None}
 
 
 def build_loss(name: str, model, kl_temperature: float = 1.0, inbatch_weight: float = 1.0,
-               inbatch_temperature: float = 0.05, mnrl_scale: float = 20.0):
+               inbatch_temperature: float = 0.05, mnrl_scale: float = 20.0,
+               inbatch_teacher_temperature: float | None = None):
     """A loss by its config name: ``margin-mse``, ``kl``, ``dual`` or ``mnrl``."""
     if name == "margin-mse":
         return MarginMSELoss(model)
@@ -32,7 +33,7 @@ def build_loss(name: str, model, kl_temperature: float = 1.0, inbatch_weight: fl
         return DistillKLDivLoss(model, temperature=kl_temperature)
     if name == "dual":
         return DualTeacherLoss(model, inbatch_weight=inbatch_weight, student_temperature=inbatch_temperature,
-                               teacher_temperature=inbatch_temperature)
+                               teacher_temperature=inbatch_teacher_temperature or inbatch_temperature)
     if name == "mnrl":
         return MultipleNegativesRankingLoss(model, scale=mnrl_scale)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
