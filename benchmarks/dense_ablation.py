@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/dense_ablation.py make-pack PACK     # here: model, SciFact, teacher scores, query clusters
     python benchmarks/dense_ablation.py run PACK OUT       # on any machine with torch + sentence-transformers
-    python benchmarks/dense_ablation.py evaluate OUT/ablation_runs.json.gz   # ranx nDCG@10 -> results JSON
+    python benchmarks/dense_ablation.py evaluate OUT/ablation_runs.json.gz [MORE.json.gz]   # ranx nDCG@10
 
 Every run starts from the same all-MiniLM-L6-v2 weights and trains on the same teacher-scored SciFact train pairs
 (BM25 + MiniLM min-max ensemble, ``rkd teach``) for the same number of steps; the topic clusters are computed once
@@ -196,34 +196,47 @@ def _dump(out: Path, runs: dict, summaries: dict) -> None:
     os.replace(tmp, out / "ablation_runs.json.gz")
 
 
-def evaluate_runs(path: Path, output: Path) -> None:
+def evaluate_runs(paths: list[Path], output: Path) -> None:
+    """Score every run with ranx; a later file's runs are added under "<name> (<file stem>)" when names clash."""
     import numpy as np
 
     from retrieval_kd.data import load_collection
     from retrieval_kd.data.formats import atomic_write
     from retrieval_kd.eval import evaluate
 
-    with gzip.open(path, "rt") as fh:
-        data = json.load(fh)
+    runs, summaries, metas = {}, {}, []
+    for i, path in enumerate(paths):
+        with gzip.open(path, "rt") as fh:
+            data = json.load(fh)
+        tag = "" if i == 0 else f"@{path.name.split('.')[0]}"
+        for name, run in data["runs"].items():
+            if name == "init" and i > 0:
+                continue
+            runs[name + tag] = run
+            summaries[name + tag] = data["summaries"].get(name, {})
+        metas.append(data["meta"])
     c = load_collection("scifact")
     qrels = c.qrels("test")
-    ndcg = {name: evaluate(qrels, run, ["ndcg@10"], 1).scores["ndcg@10"] for name, run in data["runs"].items()}
+    ndcg = {name: evaluate(qrels, run, ["ndcg@10"], 1).scores["ndcg@10"] for name, run in runs.items()}
+    groups = {f"sampler={s}, loss=margin-mse": [f"margin-mse-{s}-s{x}" for x in (1, 2)] for s in SAMPLERS}
+    groups.update({f"sampler=tas-balanced, loss={m}": [f"{m}-tas-balanced-s{x}" for x in (1, 2)] for m in LOSSES[1:]})
+    for path in paths[1:]:
+        tag = f"@{path.name.split('.')[0]}"
+        extra = sorted({n[: n.rindex("-s")] for n in ndcg if n.endswith(tag) and "-s" in n and "bf16" not in n})
+        for base in extra:
+            groups[f"{base} ({path.name.split('.')[0]})"] = [f"{base}-s{x}{tag}" for x in (1, 2)]
     rows = {}
-    for label, names in {
-        **{f"sampler={s}, loss=margin-mse": [f"margin-mse-{s}-s{x}" for x in (1, 2)] for s in SAMPLERS},
-        **{f"sampler=tas-balanced, loss={m}": [f"{m}-tas-balanced-s{x}" for x in (1, 2)] for m in LOSSES[1:]},
-    }.items():
+    for label, names in groups.items():
         vals = [ndcg[n] for n in names if n in ndcg]
         if vals:
             rows[label] = {"ndcg@10": [round(v, 4) for v in vals], "mean": round(float(np.mean(vals)), 4),
                            "spread": round(float(np.max(vals) - np.min(vals)), 4)}
-    result = {"init_fp16": round(ndcg["init"], 4), "rows": rows,
-              "all": {k: round(v, 4) for k, v in ndcg.items()},
-              "chosen_lr": data["summaries"].get("_chosen_lr"), "meta": data["meta"],
-              "train_seconds": {k: v.get("train_seconds") for k, v in data["summaries"].items() if k[0] != "_"}}
+    result = {"init_fp16": round(ndcg["init"], 4), "rows": rows, "all": {k: round(v, 4) for k, v in ndcg.items()},
+              "chosen_lr": summaries.get("_chosen_lr"), "meta": metas,
+              "train_seconds": {k: v.get("train_seconds") for k, v in summaries.items() if not k.startswith("_")}}
     with atomic_write(output) as fh:
         json.dump(result, fh, indent=1)
-    print(json.dumps({k: result[k] for k in ("init_fp16", "rows", "chosen_lr")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("init_fp16", "rows")}, indent=1))
 
 
 def main() -> None:
@@ -246,7 +259,7 @@ def main() -> None:
                    help="dual teacher's in-batch scores: the ensemble's stored scores, or MiniLM's embeddings")
     r.add_argument("--smoke", action="store_true", help="encode 100 test documents only (a quick check)")
     e = sub.add_parser("evaluate")
-    e.add_argument("runs", type=Path)
+    e.add_argument("runs", type=Path, nargs="+", help="run files of `run` (later files add their runs)")
     e.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "dense_ablation.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -15,69 +15,7 @@ import torch
 from retrieval_kd.students.losses import DualTeacherLoss, build_loss, inbatch_kl
 from retrieval_kd.students.sampler import TASBalancedBatchSampler, margin_bins, tas_sampler
 
-from .conftest import ROOT, write_jsonl
-
-WORDS = ("fish pond water grow goldfish wifi bluetooth radio wireless phone war history battery solar power "
-         "energy cell protein gene cancer tumor vaccine virus immune heart blood brain sleep memory").split()
-
-
-# ---------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def tiny_st_folder(tmp_path_factory):
-    """A randomly initialised 2-layer BERT with a word-level vocabulary, saved as a SentenceTransformer folder."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-st")
-    hf = folder / "hf"
-    hf.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
-    assert tokenizer("fish pond")["input_ids"] == [2, 5, 6, 3]
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    BertModel(config).save_pretrained(hf)
-    tokenizer.save_pretrained(hf)
-    transformer = Transformer(str(hf), max_seq_length=32)
-    model = SentenceTransformer(modules=[transformer, Pooling(16, "mean"), Normalize()])
-    model.save(str(folder / "st"))
-    return folder / "st"
-
-
-@pytest.fixture
-def tiny_distill(tmp_path, tiny_st_folder):
-    """A 16-document BEIR folder, 12 judged train queries, and a score store with a hand-made ensemble teacher."""
-    from retrieval_kd.teachers import ScoreStore
-
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "beir"
-    docs = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, 6))} for i in range(16)]
-    write_jsonl(folder / "corpus.jsonl", docs)
-    # a query takes three words of its positive: a learnable signal
-    queries = [{"_id": f"q{i}", "text": " ".join(rng.choice(docs[i]["text"].split(), 3))} for i in range(12)]
-    write_jsonl(folder / "queries.jsonl", queries)
-    (folder / "qrels").mkdir()
-    (folder / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(12)))
-    store = tmp_path / "scores"
-    with ScoreStore(store) as s:
-        s.register("ensemble-test", "ensemble(test)", {})
-        for i in range(12):
-            scores = {f"d{j}": float(rng.uniform(0, 0.6)) for j in rng.choice(16, 8, replace=False) if j != i}
-            scores[f"d{i}"] = 0.9
-            s.put_query("ensemble-test", f"q{i}", scores)
-    config = {
-        "name": "tiny", "model": str(tiny_st_folder), "max_seq_length": 32, "output_dir": str(tmp_path / "student"),
-        "data": {"dataset": str(folder), "split": "train", "store": str(store), "max_negatives": 5,
-                 "dev_fraction": 0.0},
-        "loss": {"name": "margin-mse", "inbatch_teacher": str(tiny_st_folder)},
-        "sampler": {"kind": "tas-balanced", "n_clusters": 3, "cluster_model": str(tiny_st_folder), "n_bins": 3},
-        "training": {"per_device_train_batch_size": 4, "max_steps": 6, "learning_rate": 1e-3, "logging_steps": 1,
-                     "save_strategy": "no", "seed": 7, "dataloader_pin_memory": False, "use_cpu": True},
-    }
-    return config
+from .conftest import ROOT
 
 
 # ------------------------------------------------------------------------------------------------------ losses

@@ -173,3 +173,21 @@ def test_cli_mine_teach_export(beir60, tiny_beir, tmp_path, capsys):
     assert lines and all(len(line.split("\t")) == 5 for line in lines)
     assert main(["-q", "teach", "list", "--store", str(store)]) == 0
     assert "bm25" in capsys.readouterr().out
+
+
+def test_import_teacher_copies_one_fingerprint_and_resolve_ensemble(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with ScoreStore(a) as s:
+        s.register("splade-x", "splade:m", {})
+        s.register("ensemble-1", "ensemble(x)", {})
+        s.put_query("splade-x", "q1", {"d1": 1.5, "d2": 0.5})
+        s.put_query("ensemble-1", "q1", {"d1": 1.0})
+    with ScoreStore(b) as s:
+        assert s.import_teacher(a, "splade-x") == 2
+        assert s.import_teacher(a, "splade-x") == 0                      # idempotent
+        assert s.get("splade-x") == {"q1": {"d1": 1.5, "d2": 0.5}} and s.done_queries("splade-x") == {"q1"}
+        assert "ensemble-1" not in s.teachers()
+        with pytest.raises(KeyError, match="no single teacher 'ensemble'"):
+            s.resolve("ensemble")
+    with ScoreStore(a) as s:
+        assert s.resolve("ensemble") == "ensemble-1" and s.resolve("splade:m") == "splade-x"

@@ -45,8 +45,15 @@ def add_parser(sub) -> None:
         "build", help="build flat | hnsw | ivfpq | opq-ivfpq | pq | distill-vq",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  rkd index build --type ivfpq --dataset scifact --nlist 64 --m 48 --output indexes/scifact-ivfpq48\n"
-        "  rkd index build --type distill-vq --vq indexes/scifact-dvq48 --output indexes/scifact-dvq48-copy")
-    build.add_argument("--type", required=True, choices=["flat", "hnsw", "ivfpq", "opq-ivfpq", "pq", "distill-vq"])
+        "  rkd index build --type distill-vq --vq indexes/scifact-dvq48 --output indexes/scifact-dvq48-copy\n"
+        "  rkd index build sparse --model experiments/scifact-sparse/student --dataset scifact --prune 128 "
+        "--output indexes/scifact-sparse")
+    build.add_argument("--type", required=True,
+                       choices=["flat", "hnsw", "ivfpq", "opq-ivfpq", "pq", "distill-vq", "sparse"],
+                       help="`rkd index build sparse ...` is --type sparse: an inverted index of SparseEncoder vectors")
+    build.add_argument("--prune", type=int, default=None, help="sparse: keep each document's K largest weights")
+    build.add_argument("--export", choices=["rank-features", "anserini"], default=None,
+                       help="sparse: also write the document vectors for OpenSearch/Elasticsearch or Anserini")
     build.add_argument("--vq", type=Path, help="a folder written by `rkd vq train` (for --type distill-vq)")
     _common(build)
     build.set_defaults(func=_build)
@@ -68,9 +75,41 @@ def add_parser(sub) -> None:
     train.set_defaults(func=_vq_train)
 
 
+def normalize_argv(argv: list[str]) -> list[str]:
+    """``rkd index build sparse ...`` means ``rkd index build --type sparse ...``."""
+    for i in range(len(argv) - 2):
+        if argv[i:i + 3] == ["index", "build", "sparse"]:
+            return [*argv[:i + 2], "--type", "sparse", *argv[i + 3:]]
+    return argv
+
+
+def _build_sparse(args) -> int:
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors
+    from retrieval_kd.index.sparse import SparseIndex
+
+    if not args.dataset or args.model == MINILM:
+        raise ValueError("sparse indexes need --model (a SparseEncoder folder or MLM id) and --dataset")
+    collection = load_collection(args.dataset)
+    encoder = load_sparse_encoder(args.model)
+    vectors = sparse_corpus_vectors(args.model, collection.corpus, encoder=encoder)
+    tokenizer = encoder.tokenizer
+    vocab = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    index = SparseIndex.build(vectors, collection.corpus.ids, prune=args.prune, vocab=vocab)
+    index.save(args.output, {"encoder": args.model, "dataset": args.dataset, "prune": args.prune})
+    print(f"wrote {args.output} (sparse, {index.n_docs} documents, {index.nnz_per_doc():.1f} non-zeros each)")
+    if args.export:
+        out = Path(args.output) / ("rank_features.jsonl" if args.export == "rank-features" else "anserini.jsonl")
+        n = index.export_rank_features(out) if args.export == "rank-features" else index.export_anserini(out)
+        print(f"wrote {out}: {n} documents")
+    return 0
+
+
 def _build(args) -> int:
     from retrieval_kd.index.dense import build_faiss_index, save_index
 
+    if args.type == "sparse":
+        return _build_sparse(args)
     if args.type == "distill-vq":
         if not args.vq:
             raise ValueError("--type distill-vq needs --vq FOLDER (from `rkd vq train`)")

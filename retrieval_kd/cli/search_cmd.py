@@ -47,6 +47,21 @@ def add_parser(sub) -> None:
     dense.add_argument("--top-k", type=int, default=1000)
     dense.add_argument("--max-seq-length", type=int, default=256)
     dense.set_defaults(func=_dense)
+    sparse = kind.add_parser(
+        "sparse",
+        help="learned sparse retrieval over an inverted index (rkd index build sparse); inference-free queries "
+             "are tokenised, never encoded by a model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  rkd search sparse --index indexes/scifact-sparse --dataset scifact --split test "
+        "--output runs/sparse.run",
+    )
+    sparse.add_argument("--index", required=True, type=Path)
+    sparse.add_argument("--dataset", required=True)
+    sparse.add_argument("--split", required=True)
+    sparse.add_argument("--output", required=True, type=Path)
+    sparse.add_argument("--model", default=None, help="query encoder (default: the index sidecar's encoder)")
+    sparse.add_argument("--top-k", type=int, default=1000)
+    sparse.set_defaults(func=_sparse)
 
 
 def _bm25(args) -> int:
@@ -64,11 +79,9 @@ def _bm25(args) -> int:
 
 
 def _dense(args) -> int:
-    import numpy as np
-
     from retrieval_kd.data import load_collection, write_run
-    from retrieval_kd.encoders import corpus_embeddings, query_embeddings
-    from retrieval_kd.index.dense import build_faiss_index, load_index, search_index
+    from retrieval_kd.encoders import query_embeddings
+    from retrieval_kd.index.dense import load_index, search_index
 
     collection = load_collection(args.dataset)
     queries = collection.queries(args.split)
@@ -80,13 +93,37 @@ def _dense(args) -> int:
     else:
         if not args.model:
             raise ValueError("give --model (exact search) or --index")
-        model = args.model
-        emb = np.asarray(corpus_embeddings(model, collection.corpus, args.max_seq_length))
-        index, doc_ids = build_faiss_index("flat", emb), collection.corpus.ids
+        from retrieval_kd.search.dense import dense_search
+
+        run = dense_search(args.model, collection, queries, args.top_k, args.max_seq_length)
+        write_run(run, args.output, tag="dense")
+        print(f"wrote {args.output}: {len(run)} queries, top-{args.top_k}")
+        return 0
     q = query_embeddings(model, queries, args.max_seq_length)
     scores, rows = search_index(index, q, min(args.top_k, index.ntotal), args.nprobe, args.ef_search)
     run = {qid: {doc_ids[int(r)]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
            for i, qid in enumerate(queries)}
     write_run(run, args.output, tag="dense")
+    print(f"wrote {args.output}: {len(run)} queries, top-{args.top_k}")
+    return 0
+
+
+def _sparse(args) -> int:
+    from retrieval_kd.data import load_collection, write_run
+    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_query_vectors
+    from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex
+
+    collection = load_collection(args.dataset)
+    queries = collection.queries(args.split)
+    index, meta = SparseIndex.load(args.index)
+    encoder = load_sparse_encoder(args.model or meta["encoder"])
+    try:
+        encoded = QueryTokenizer.from_sparse_encoder(encoder).encode_many(queries)   # inference-free
+    except ValueError:
+        q = sparse_query_vectors(encoder, queries)                                    # siamese: model queries
+        encoded = {qid: (q.indices[q.indptr[i]:q.indptr[i + 1]], q.data[q.indptr[i]:q.indptr[i + 1]])
+                   for i, qid in enumerate(queries)}
+    run = index.search_many(encoded, k=args.top_k)
+    write_run(run, args.output, tag="sparse")
     print(f"wrote {args.output}: {len(run)} queries, top-{args.top_k}")
     return 0

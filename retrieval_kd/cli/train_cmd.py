@@ -15,7 +15,7 @@ then: rkd search dense --model OUTPUT_DIR --dataset scifact --split test --outpu
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train students (dense bi-encoders) from teacher scores")
+    p = sub.add_parser("train", help="train students (dense bi-encoders, inference-free sparse) from teacher scores")
     kind = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     dense = kind.add_parser("dense", help="distil teacher scores into a SentenceTransformer",
                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_DENSE)
@@ -24,6 +24,14 @@ def add_parser(sub) -> None:
                        help="override a config key (dotted, YAML value), e.g. training.seed=1; repeatable")
     dense.add_argument("--summary", type=Path, default=None, help="also write the run summary (JSON) here")
     dense.set_defaults(func=_dense)
+    sparse = kind.add_parser("sparse", help="distil teacher scores into an inference-free sparse encoder",
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog="example:\n  rkd train sparse --config configs/sparse/scifact-demo.yaml\n"
+                             "then: rkd index build sparse --model OUTPUT_DIR --dataset scifact --output indexes/NAME")
+    sparse.add_argument("--config", required=True, type=Path, help="YAML config (see configs/sparse/)")
+    sparse.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sparse.add_argument("--summary", type=Path, default=None)
+    sparse.set_defaults(func=_sparse)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -39,11 +47,20 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def _dense(args) -> int:
-    from retrieval_kd.data.formats import atomic_write
     from retrieval_kd.students import load_config, train_dense
 
-    config = load_config(args.config, parse_overrides(args.overrides))
-    summary = train_dense(config)
+    return _report(train_dense(load_config(args.config, parse_overrides(args.overrides))), args)
+
+
+def _sparse(args) -> int:
+    from retrieval_kd.students import load_sparse_config, train_sparse
+
+    return _report(train_sparse(load_sparse_config(args.config, parse_overrides(args.overrides))), args)
+
+
+def _report(summary: dict, args) -> int:
+    from retrieval_kd.data.formats import atomic_write
+
     summary.pop("log_history", None)
     if args.summary:
         with atomic_write(args.summary) as fh:

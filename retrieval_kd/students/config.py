@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataConfig", "DenseTrainingConfig", "LossConfig", "SamplerConfig", "load_config"]
+__all__ = ["DataConfig", "DenseTrainingConfig", "LossConfig", "SamplerConfig", "SparseLossConfig",
+           "SparseTrainingConfig", "load_config", "load_sparse_config"]
 
 
 @dataclass
@@ -139,9 +140,18 @@ class DenseTrainingConfig:
     def checkpoint_dir(self) -> str:
         return f"{self.output_dir.rstrip('/')}-checkpoints"
 
-    def training_arguments(self, batch_sampler=None, has_evaluator: bool = False):
-        """``SentenceTransformerTrainingArguments`` from the ``training`` block (the one place YAML becomes them)."""
+    def training_arguments(self, batch_sampler=None, has_evaluator: bool = False, args_class=None, **extra):
+        """Training arguments from the ``training`` block (the one place YAML becomes them).
+
+        Args:
+            batch_sampler: the ``batch_sampler`` argument (a sampler factory).
+            has_evaluator: evaluate each epoch.
+            args_class: ``SentenceTransformerTrainingArguments`` (default) or ``SparseEncoderTrainingArguments``.
+            extra: arguments set by the caller (e.g. ``router_mapping``).
+        """
         from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+        args_class = args_class or SentenceTransformerTrainingArguments
 
         kwargs = {"per_device_train_batch_size": 32, "num_train_epochs": 1, "learning_rate": 2e-5,
                   "warmup_steps": 0.1, "logging_steps": 5, "save_strategy": "epoch", "save_total_limit": 2,
@@ -149,14 +159,15 @@ class DenseTrainingConfig:
         if has_evaluator:
             kwargs.update({"eval_strategy": "epoch"})
         kwargs.update(self.training)
-        names = {f.name for f in dataclasses.fields(SentenceTransformerTrainingArguments)}
+        names = {f.name for f in dataclasses.fields(args_class)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
             raise ValueError(f"config {self.name!r}: unknown training argument(s) {unknown}; see "
-                             "SentenceTransformerTrainingArguments")
+                             f"{args_class.__name__}")
         if batch_sampler is not None:
             kwargs["batch_sampler"] = batch_sampler
-        return SentenceTransformerTrainingArguments(output_dir=self.checkpoint_dir, **kwargs)
+        kwargs.update(extra)
+        return args_class(output_dir=self.checkpoint_dir, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,12 +182,58 @@ def _build(cls, values: Any, where: str):
         raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
     kwargs = {}
     for key, value in values.items():
-        sub = {"data": DataConfig, "loss": LossConfig, "sampler": SamplerConfig}.get(key) if cls is DenseTrainingConfig else None
+        factory = known[key].default_factory
+        sub = factory if dataclasses.is_dataclass(factory) else None
         kwargs[key] = _build(sub, value, f"{where}: {key}") if sub else value
     return cls(**kwargs)
 
 
-def load_config(source: str | os.PathLike | dict, overrides: dict | None = None) -> DenseTrainingConfig:
+@dataclass
+class SparseLossConfig:
+    """Loss of an inference-free sparse student (Geng et al. 2024; FLOPS: Paria et al. 2020).
+
+    Attributes:
+        name: ``margin-mse`` or ``kl`` (distillation from the teacher's scores).
+        kl_temperature: temperature of the listwise KL.
+        document_regularizer_weight: lambda_d of the document FLOPS term (reached after the warm-up).
+        regularizer_warmup: fraction of the steps over which lambda_d rises quadratically from 0.
+        idf_aware: IDF in the matching function (query token weights = IDF, the IDF-aware penalty) or plain FLOPS
+            with binary query tokens.
+    """
+
+    name: str = "margin-mse"
+    kl_temperature: float = 1.0
+    document_regularizer_weight: float = 3e-3
+    regularizer_warmup: float = 1 / 3
+    idf_aware: bool = True
+
+
+@dataclass
+class SparseTrainingConfig(DenseTrainingConfig):
+    """An inference-free sparse distillation run: document side an MLM + SPLADE pooling, query side tokens x IDF.
+
+    Attributes (besides :class:`DenseTrainingConfig`'s):
+        model: the document encoder's MLM checkpoint (e.g. ``rkd-local/splade-tiny``).
+        idf_file: ``{token: idf}`` JSON; computed over the training dataset's corpus when missing.
+        query_max_length: query truncation (tokens).
+        loss: :class:`SparseLossConfig`.
+    """
+
+    name: str = "sparse-student"
+    model: str = "rkd-local/splade-tiny"
+    output_dir: str = "experiments/sparse-student/model"
+    idf_file: str | None = None
+    query_max_length: int = 64
+    loss: SparseLossConfig = field(default_factory=SparseLossConfig)
+
+
+def load_sparse_config(source: str | os.PathLike | dict, overrides: dict | None = None) -> SparseTrainingConfig:
+    """A :class:`SparseTrainingConfig` from a YAML file (or a dict), validated like :func:`load_config`."""
+    return load_config(source, overrides, cls=SparseTrainingConfig)
+
+
+def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
+                cls: type = DenseTrainingConfig) -> DenseTrainingConfig:
     """A :class:`DenseTrainingConfig` from a YAML file (or a dict), validated.
 
     Args:
@@ -203,12 +260,13 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None)
             values.setdefault(head, {})[tail] = value
         else:
             values[head] = value
-    config = _build(DenseTrainingConfig, values, where)
+    config = _build(cls, values, where)
     from retrieval_kd.students.losses import LOSSES
     from retrieval_kd.students.sampler import SAMPLERS
 
-    if config.loss.name not in LOSSES:
-        raise ValueError(f"{where}: loss.name {config.loss.name!r} is not one of {sorted(LOSSES)}")
+    allowed = ("margin-mse", "kl") if isinstance(config, SparseTrainingConfig) else tuple(LOSSES)
+    if config.loss.name not in allowed:
+        raise ValueError(f"{where}: loss.name {config.loss.name!r} is not one of {sorted(allowed)}")
     if config.sampler.kind not in SAMPLERS:
         raise ValueError(f"{where}: sampler.kind {config.sampler.kind!r} is not one of {list(SAMPLERS)}")
     if not 0 <= config.data.dev_fraction < 1:

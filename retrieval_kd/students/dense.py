@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from retrieval_kd.students.config import DenseTrainingConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_dense", "resolve_teacher_scores"]
+__all__ = ["TrainingData", "last_dev_metrics", "prepare_training_data", "resolve_teacher_scores", "resume_point",
+           "train_dense"]
 
 
 def resolve_teacher_scores(store_dir: str | os.PathLike, teacher: str, query_ids) -> tuple[str, dict]:
@@ -40,16 +42,64 @@ def resolve_teacher_scores(store_dir: str | os.PathLike, teacher: str, query_ids
         return fingerprint, store.get(fingerprint, qids=list(query_ids))
 
 
-def _last_checkpoint(folder: str) -> str | None:
-    if not os.path.isdir(folder):
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
+@dataclass
+class TrainingData:
+    """What a distillation run trains on: teacher scores, pair dataset, dev split and batch sampler."""
 
-    return get_last_checkpoint(folder)
+    collection: Any
+    fingerprint: str
+    run: dict
+    qrels: dict
+    level: int
+    train_q: list
+    dev_q: list
+    dataset: Any
+    sampler: Any
+    clusters: dict | None
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+def prepare_training_data(config: DenseTrainingConfig, collection=None) -> TrainingData:
+    """Teacher scores -> (train, dev) query split -> pair dataset -> topic clusters -> batch sampler."""
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.students.data import pair_dataset, split_dev
+    from retrieval_kd.students.sampler import tas_sampler
+
+    collection = collection or load_collection(config.data.dataset)
+    qrels = collection.qrels(config.data.split)
+    level = collection.conventions.relevance_level
+    fingerprint, run = resolve_teacher_scores(config.data.store, config.data.teacher, qrels)
+    seed = int(config.training.get("seed", 42))
+    with_positive = [q for q, docs in run.items() if any(qrels.get(q, {}).get(d, 0) >= level for d in docs)]
+    train_q, dev_q = split_dev(with_positive, config.data.dev_fraction, seed, config.data.dev_max_queries)
+    dataset = pair_dataset(run, qrels, collection, level, config.data.max_negatives, config.data.teacher_scale,
+                           query_ids=train_q)
+    train_q = sorted(set(dataset["query_id"]))
+    batch_size = int(config.training.get("per_device_train_batch_size", 32))
+    clusters = None
+    if config.sampler.kind != "random":
+        clusters = _query_clusters(config, collection, train_q, batch_size, seed)
+    sampler = tas_sampler(config.sampler.kind, clusters, config.sampler.n_bins)
+    return TrainingData(collection, fingerprint, run, qrels, level, train_q, dev_q, dataset, sampler, clusters)
+
+
+def resume_point(config: DenseTrainingConfig) -> str | None:
+    """The checkpoint to resume from: ``auto`` = the newest in the checkpoint folder, ``never``, or a path."""
+    resume = None
+    if config.resume == "auto" and os.path.isdir(config.checkpoint_dir):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(config.checkpoint_dir)
+    elif config.resume not in ("auto", "never"):
+        resume = config.resume
+    if resume:
+        logger.info("resuming from %s", resume)
+    return resume
+
+
+def last_dev_metrics(trainer) -> dict[str, float]:
+    """The last evaluation during training (at the training truncation) stands for the dev result."""
+    evals = [h for h in trainer.state.log_history if any(k.startswith("eval_") for k in h)]
+    return {k[5:]: float(v) for k, v in (evals[-1] if evals else {}).items() if k.startswith("eval_dev_")}
 
 
 def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) -> dict[str, Any]:
@@ -65,35 +115,14 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 
-    from retrieval_kd.data import load_collection
-    from retrieval_kd.students.data import (
-        DistillationCollator,
-        InBatchTeacher,
-        StoredInBatchTeacher,
-        dev_evaluator,
-        pair_dataset,
-        split_dev,
-    )
+    from retrieval_kd.students.data import DistillationCollator, InBatchTeacher, StoredInBatchTeacher, dev_evaluator
     from retrieval_kd.students.losses import LOSSES, build_loss
-    from retrieval_kd.students.sampler import tas_sampler
 
     t0 = time.perf_counter()
-    collection = collection or load_collection(config.data.dataset)
-    qrels = collection.qrels(config.data.split)
-    level = collection.conventions.relevance_level
-    fingerprint, run = resolve_teacher_scores(config.data.store, config.data.teacher, qrels)
-    seed = int(config.training.get("seed", 42))
-    with_positive = [q for q, docs in run.items() if any(qrels.get(q, {}).get(d, 0) >= level for d in docs)]
-    train_q, dev_q = split_dev(with_positive, config.data.dev_fraction, seed, config.data.dev_max_queries)
-    dataset = pair_dataset(run, qrels, collection, level, config.data.max_negatives, config.data.teacher_scale,
-                           query_ids=train_q)
-    train_q = sorted(set(dataset["query_id"]))
-    batch_size = int(config.training.get("per_device_train_batch_size", 32))
-
-    clusters = None
-    if config.sampler.kind != "random":
-        clusters = _query_clusters(config, collection, train_q, batch_size, seed)
-    sampler = tas_sampler(config.sampler.kind, clusters, config.sampler.n_bins)
+    data = prepare_training_data(config, collection)
+    collection, run, qrels, level = data.collection, data.run, data.qrels, data.level
+    train_q, dev_q, dataset, sampler, clusters = data.train_q, data.dev_q, data.dataset, data.sampler, data.clusters
+    fingerprint = data.fingerprint
 
     model = SentenceTransformer(config.model)
     model.max_seq_length = config.train_max_length or config.max_seq_length
@@ -115,21 +144,12 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
                                             {q: collection.all_queries[q] for q in train_q}, config.max_seq_length)
     trainer.data_collator = DistillationCollator(trainer.data_collator, LOSSES[config.loss.name], inbatch)
 
-    resume = None
-    if config.resume == "auto":
-        resume = _last_checkpoint(config.checkpoint_dir)
-    elif config.resume != "never":
-        resume = config.resume
-    if resume:
-        logger.info("resuming from %s", resume)
+    resume = resume_point(config)
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
 
     model.max_seq_length = config.max_seq_length
-    # the last evaluation during training (at the training truncation) stands for the dev result
-    evals = [h for h in trainer.state.log_history if any(k.startswith("eval_") for k in h)]
-    dev_metrics = {k[5:]: float(v) for k, v in (evals[-1] if evals else {}).items()
-                   if k.startswith("eval_dev_")}
+    dev_metrics = last_dev_metrics(trainer)
     summary = {
         "name": config.name, "output_dir": str(config.output_dir), "teacher": fingerprint,
         "train_queries": len(train_q), "dev_queries": len(dev_q), "pairs": dataset.num_rows,
@@ -163,15 +183,16 @@ def _query_clusters(config: DenseTrainingConfig, collection, train_q: list[str],
     return clusters
 
 
-def _save(model, config: DenseTrainingConfig, summary: dict, clusters: dict | None = None) -> None:
+def _save(model, config: DenseTrainingConfig, summary: dict, clusters: dict | None = None,
+          card: str | None = None) -> None:
     """Save the SentenceTransformer folder atomically (temporary folder, then rename) with a model card."""
     out = Path(config.output_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save(str(tmp))
-    card = tmp / "README.md"
-    card.write_text((card.read_text() if card.exists() else "") + _card_section(config, summary))
+    readme = tmp / "README.md"
+    readme.write_text((readme.read_text() if readme.exists() else "") + (card or _card_section(config, summary)))
     if clusters is not None:
         (tmp / "rkd_clusters.json").write_text(json.dumps(clusters, sort_keys=True))
     (tmp / "rkd_training.json").write_text(json.dumps({"config": config.to_dict(), "summary": summary}, indent=1,

@@ -168,6 +168,30 @@ class ScoreStore:
         known = ", ".join(f"{t['name']} ({fp})" for fp, t in teachers.items())
         raise KeyError(f"{self.path}: no single teacher {name_or_fingerprint!r}; stored: {known or 'none'}")
 
+    def import_teacher(self, other: str | os.PathLike, fingerprint: str) -> int:
+        """Copy one teacher's scores (and done marks) from another store folder; returns the rows added.
+
+        Fingerprints name the teacher's configuration, so scores of the same teacher on the same candidates are
+        interchangeable between stores: an expensive teacher is scored once and shared.
+        """
+        src = Path(other) / self.MAIN
+        if not src.exists():
+            raise FileNotFoundError(f"{other}: no score store")
+        before = self.count(fingerprint)
+        self._conn.execute("ATTACH DATABASE ? AS other", (str(src),))
+        try:
+            with self._transaction() as cur:
+                cur.execute("INSERT OR IGNORE INTO teachers SELECT * FROM other.teachers WHERE fingerprint = ?",
+                            (fingerprint,))
+                cur.execute("INSERT OR IGNORE INTO scores SELECT * FROM other.scores WHERE fingerprint = ?",
+                            (fingerprint,))
+                cur.execute("INSERT OR IGNORE INTO done SELECT * FROM other.done WHERE fingerprint = ?", (fingerprint,))
+        finally:
+            self._conn.execute("DETACH DATABASE other")
+        added = self.count(fingerprint) - before
+        logger.info("imported %d scores of %s from %s", added, fingerprint, other)
+        return added
+
     # -- distributed -------------------------------------------------------------------------------------------
     def merge_shards(self) -> int:
         """Fold every ``scores.rank*.sqlite`` of the folder into the main file; returns the rows added."""

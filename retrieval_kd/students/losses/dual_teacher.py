@@ -31,10 +31,12 @@ class DualTeacherLoss(nn.Module):
 
     ``loss = MarginMSE(student margins, pairwise teacher margins) + lambda * KL_inbatch``. The in-batch term
     scores each query against every positive and negative of the batch (``2B`` passages), with teacher scores
-    computed for exactly those pairs by the collator (:class:`retrieval_kd.students.data.DistillationCollator`,
-    from a bi-encoder teacher's cached embeddings, which is what makes in-batch teaching cheap). TAS-B weighs
-    pairwise and in-batch Margin-MSE; here the in-batch term is a softmax KL, which compares whole in-batch
-    distributions (the issue's "pairwise Margin-MSE plus in-batch KL").
+    for exactly those pairs put in the labels by the collator (:class:`retrieval_kd.students.data.DistillationCollator`):
+    either the pairwise teacher's own stored scores, a passage it never scored for the query counting as that
+    query's lowest score (:class:`~retrieval_kd.students.data.StoredInBatchTeacher`), or a second bi-encoder
+    teacher's cached embeddings (:class:`~retrieval_kd.students.data.InBatchTeacher`, TAS-B's design with
+    ColBERT). TAS-B weighs pairwise and in-batch Margin-MSE; here the in-batch term is a softmax KL, which
+    compares whole in-batch distributions.
 
     Labels: ``(B, 2 + 2B)``: the pairwise teacher's ``[score_positive, score_negative]`` then the in-batch
     teacher's scores of the query against ``[pos_1..pos_B, neg_1..neg_B]``.

@@ -1,0 +1,160 @@
+"""Inference-free sparse students on SciFact: quality, FLOPS, and query latency against BM25.
+
+Usage: python benchmarks/sparse.py [--config configs/sparse/scifact-demo.yaml] [--skip-ablation]
+
+Rows (nDCG@10 on SciFact test, exact top-1000 from the inverted index of retrieval_kd.index.sparse):
+* BM25 (bm25s, k1 0.9, b 0.4, stemmed);
+* siamese SPLADE-tiny (the offline pack's MLM: the same model encodes queries and documents);
+* inference-free, untrained: SPLADE-tiny documents, queries = tokens x IDF (no training);
+* the inference-free student: SPLADE-tiny documents trained from the heterogeneous ensemble (all-MiniLM-L6-v2 +
+  SPLADE-tiny, per-query min-max) with the IDF-aware penalty (the config);
+* ablation: plain FLOPS (binary query weights) instead of IDF-aware; a single dense teacher (MiniLM) instead of
+  the ensemble. Same steps and lambda_d; FLOPS is reported for each (matched FLOPS would need a lambda_d sweep).
+
+FLOPS = sum over tokens of p_d(t) p_q(t) (Paria et al. 2020; the share of documents / queries where the token is
+non-zero). Latency: the same 300 test queries, one thread, top-100: tokenise + search over our inverted index,
+against bm25s tokenise + retrieve (``n_threads=1``) over the same corpus; best of 5 interleaved repeats.
+
+Writes benchmarks/results/sparse.json: {"scifact": {"bm25", "splade_tiny", "inference_free", "flops",
+"latency_ratio_vs_bm25", ...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLADE = "rkd-local/splade-tiny"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "sparse" / "scifact-demo.yaml")
+    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "sparse.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("sentence_transformers", "transformers", "httpx", "huggingface_hub", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import numpy as np
+    import torch
+
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.data.formats import atomic_write
+    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors, sparse_query_vectors
+    from retrieval_kd.eval import evaluate
+    from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex
+    from retrieval_kd.search import bm25_index_for
+    from retrieval_kd.students import load_sparse_config, train_sparse
+    from retrieval_kd.students.idf import idf_vector
+    from retrieval_kd.students.sparse import flops, idf_for
+    from retrieval_kd.teachers import EnsembleTeacher, mine_candidates, parse_teacher, score_candidates
+    from retrieval_kd.utils.hardware import hardware_info
+
+    config = load_sparse_config(args.config, {"resume": "never"})
+    collection = load_collection(config.data.dataset)
+    qrels, queries = collection.qrels("test"), collection.queries("test")
+    level = collection.conventions.relevance_level
+
+    def ndcg(run) -> float:
+        return round(evaluate(qrels, run, ["ndcg@10"], level).scores["ndcg@10"], 4)
+
+    # teacher scores: the heterogeneous ensemble (dense MiniLM + sparse SPLADE-tiny), members stored too
+    t0 = time.perf_counter()
+    candidates = mine_candidates(collection, config.data.split, k=100, sources=("bm25",))
+    members = [parse_teacher(f"bi-encoder:{MINILM}"), parse_teacher(f"splade:{SPLADE}")]
+    score_candidates(EnsembleTeacher(members, normalization="minmax"), collection, candidates, config.data.store)
+    teach_seconds = round(time.perf_counter() - t0, 1)
+
+    results: dict = {}
+    bm25_index = bm25_index_for(collection)
+    bm25_run = bm25_index.search(queries, top_k=1000, n_threads=1)
+    results["bm25"] = ndcg(bm25_run)
+
+    # siamese SPLADE-tiny and the untrained inference-free model share the document vectors
+    splade = load_sparse_encoder(SPLADE)
+    docs = sparse_corpus_vectors(SPLADE, collection.corpus, config.max_seq_length, encoder=splade)
+    vocab_tokens = [t for t, _ in sorted(splade.tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    index = SparseIndex(docs, collection.corpus.ids, vocab_tokens)
+    q_siamese = sparse_query_vectors(splade, queries)
+    run = index.search_many({qid: (q_siamese.indices[q_siamese.indptr[i]:q_siamese.indptr[i + 1]],
+                                   q_siamese.data[q_siamese.indptr[i]:q_siamese.indptr[i + 1]])
+                             for i, qid in enumerate(queries)})
+    results["splade_tiny"] = ndcg(run)
+    details = {"splade_tiny": {"nnz_per_doc": round(docs.nnz / docs.shape[0], 1),
+                               "nnz_per_query": round(q_siamese.nnz / q_siamese.shape[0], 1),
+                               "flops": round(flops(docs, q_siamese), 3)}}
+    idf = idf_for(config, collection, splade.tokenizer)
+    untrained = QueryTokenizer(splade.tokenizer, idf_vector(idf, splade.tokenizer), config.query_max_length)
+    results["inference_free_untrained"] = ndcg(index.search_many(untrained.encode_many(queries)))
+
+    def student(name: str, overrides: dict) -> dict:
+        cfg = load_sparse_config(args.config, {"resume": "never", "output_dir": f"{config.output_dir}-{name}",
+                                               **overrides})
+        summary = train_sparse(cfg, collection)
+        model = load_sparse_encoder(cfg.output_dir)
+        vectors = sparse_corpus_vectors(cfg.output_dir, collection.corpus, cfg.max_seq_length, encoder=model)
+        query_side = QueryTokenizer.from_sparse_encoder(model)
+        encoded = query_side.encode_many(queries)
+        idx = SparseIndex(vectors, collection.corpus.ids, vocab_tokens)
+        import scipy.sparse as sp
+
+        qmat = sp.csr_matrix((np.concatenate([w for _, w in encoded.values()]),
+                              np.concatenate([i for i, _ in encoded.values()]),
+                              np.cumsum([0, *[len(i) for i, _ in encoded.values()]])), shape=(len(encoded), docs.shape[1]))
+        return {"ndcg@10": ndcg(idx.search_many(encoded)), "flops": round(flops(vectors, qmat), 3),
+                "nnz_per_doc": round(vectors.nnz / vectors.shape[0], 1),
+                "nnz_per_query": round(qmat.nnz / qmat.shape[0], 1), "train_seconds": summary["train_seconds"],
+                "steps": summary["steps"], "teacher": summary["teacher"], "idf_aware": summary["idf_aware"],
+                "_index": idx, "_query_side": query_side}
+
+    main_run = student("idf-ensemble", {})
+    results["inference_free"] = main_run["ndcg@10"]
+    results["flops"] = main_run["flops"]
+    results["nnz_per_doc"] = main_run["nnz_per_doc"]
+    ablation = {"idf-aware, ensemble teacher": main_run}
+    if not args.skip_ablation:
+        ablation["plain FLOPS, ensemble teacher"] = student("plain-ensemble", {"loss.idf_aware": False})
+        ablation["idf-aware, MiniLM teacher only"] = student("idf-minilm", {"data.teacher": f"bi-encoder:{MINILM}"})
+
+    # latency, one thread, same queries: inference-free (tokenise + inverted index) vs bm25s
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    idx, query_side = main_run["_index"], main_run["_query_side"]
+    texts = list(queries.items())
+    ours, theirs = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        for _, text in texts:
+            ids, w = query_side.encode(text)
+            idx.search(ids, w, k=100)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bm25_index.search(dict(texts), top_k=100, n_threads=1)
+        theirs.append(time.perf_counter() - t)
+    results["latency_ratio_vs_bm25"] = round(min(ours) / min(theirs), 3)
+    latency = {"inference_free_ms_per_query": round(1000 * min(ours) / len(texts), 3),
+               "bm25s_ms_per_query": round(1000 * min(theirs) / len(texts), 3), "queries": len(texts),
+               "repeats": args.repeats, "threads": 1, "top_k": 100}
+    results["ablation"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in ablation.items()}
+    results["details"] = {**details, "latency": latency, "teach_seconds": teach_seconds}
+    with atomic_write(args.output) as fh:
+        json.dump({"scifact": results}, fh, indent=1)
+    with atomic_write(args.output.with_suffix(".meta.json")) as fh:
+        json.dump({"config": config.to_dict(), "hardware": hardware_info(), "command": "python benchmarks/sparse.py"},
+                  fh, indent=1, default=str)
+    print(json.dumps({k: v for k, v in results.items() if k not in ("ablation", "details")}))
+    print(json.dumps(results["ablation"], indent=1))
+    print(json.dumps(latency))
+
+
+if __name__ == "__main__":
+    main()

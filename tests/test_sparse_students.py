@@ -1,0 +1,139 @@
+"""Inference-free sparse students: IDF, FLOPS, the IDF-aware matching function, the inverted index, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex, prune_top_k
+from retrieval_kd.students.idf import bm25_idf, compute_idf, load_idf, save_idf
+from retrieval_kd.students.sparse import build_inference_free_model, flops
+
+from .conftest import WORDS
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory):
+    """A randomly initialised 2-layer BERT masked LM with a word-level vocabulary (a stand-in for SPLADE)."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, tokenizer
+
+
+def test_idf_equals_hand_computed_values(tiny_mlm, tmp_path):
+    _, tok = tiny_mlm
+    docs = ["fish pond fish", "pond water", "wifi radio"]
+    idf = compute_idf(iter(docs), tok, batch_size=2)
+    n = 3
+    # df: fish 1, pond 2, water 1, wifi 1, radio 1, gene 0 (repeats in a document count once)
+    assert idf["pond"] == pytest.approx(np.log(1 + (n - 2 + 0.5) / (2 + 0.5)))
+    assert idf["fish"] == pytest.approx(np.log(1 + (n - 1 + 0.5) / 1.5))
+    assert idf["gene"] == pytest.approx(np.log(1 + (n + 0.5) / 0.5))
+    assert idf["fish"] == pytest.approx(float(bm25_idf(1, 3)))
+    path = save_idf(idf, tmp_path / "idf.json")
+    assert load_idf(path) == pytest.approx(idf)
+    (tmp_path / "bad.json").write_text(json.dumps({"fish": -1}))
+    with pytest.raises(ValueError, match=r"bad.json: token 'fish' has IDF -1"):
+        load_idf(tmp_path / "bad.json")
+
+
+def test_flops_equals_hand_computed_values():
+    docs = sp.csr_matrix(np.array([[1.0, 0, 2], [0, 0, 3]]))
+    # share of documents where each token is non-zero: [0.5, 0, 1]
+    assert flops(docs) == pytest.approx(0.5**2 + 1**2)
+    queries = sp.csr_matrix(np.array([[1.0, 1, 0]]))
+    assert flops(docs, queries) == pytest.approx(0.5 * 1 + 0 * 1 + 1 * 0)
+
+
+def test_flops_regulariser_equals_hand_computed_value():
+    from sentence_transformers.sparse_encoder.losses import FlopsLoss
+
+    emb = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]])
+    # sum over tokens of (mean |w|)^2 = 0.5^2 + 0 + 2.5^2
+    assert float(FlopsLoss(model=None).compute_loss_from_embeddings(emb)) == pytest.approx(0.25 + 6.25)
+
+
+def test_idf_aware_matching_and_no_query_forward_pass(tiny_mlm, monkeypatch):
+    folder, tok = tiny_mlm
+    idf = {w: float(i + 1) for i, w in enumerate(WORDS)}
+    model = build_inference_free_model(str(folder), idf, max_seq_length=32, idf_aware=True)
+    doc = model.encode_document(["fish pond water grow"], convert_to_tensor=True).to_dense()[0]
+    # a query is tokens x IDF: no transformer runs (the document transformer is made to fail)
+    transformer = model[0].sub_modules["document"][0]
+    monkeypatch.setattr(transformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("forward")))
+    query = model.encode_query(["pond fish fish"], convert_to_tensor=True).to_dense()[0]
+    fish, pond = tok.convert_tokens_to_ids(["fish", "pond"])
+    assert query[fish] == idf["fish"] and query[pond] == idf["pond"] and int((query != 0).sum()) == 2
+    # matching function: sum over query tokens of idf(t) * w_d(t)
+    score = float(model.similarity(query[None], doc[None])[0, 0])
+    assert score == pytest.approx(idf["fish"] * float(doc[fish]) + idf["pond"] * float(doc[pond]), rel=1e-5)
+    # the index's query side gives the same weights, from the tokenizer alone
+    ids, weights = QueryTokenizer.from_sparse_encoder(model).encode("pond fish fish")
+    assert sorted(ids.tolist()) == sorted([fish, pond]) and sorted(weights.tolist()) == [idf["fish"], idf["pond"]]
+    plain = build_inference_free_model(str(folder), None, max_seq_length=32, idf_aware=False)
+    q = plain.encode_query(["pond fish"], convert_to_tensor=True).to_dense()[0]
+    assert q[fish] == 1.0 and q[pond] == 1.0
+
+
+def test_index_search_equals_brute_force_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = sp.random(300, 50, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    ids = [f"d{i}" for i in range(300)]
+    index = SparseIndex.build(docs, ids, vocab=[f"t{j}" for j in range(50)])
+    pruned = SparseIndex.build(docs, ids, prune=3)
+    reference = prune_top_k(docs, 3).toarray()
+    assert np.all((reference != 0).sum(axis=1) <= 3)
+    for _ in range(20):
+        q_ids = np.unique(rng.integers(0, 50, 4))
+        q_w = rng.uniform(0.5, 2.0, len(q_ids)).astype(np.float32)
+        for idx, dense in ((index, docs.toarray()), (pruned, reference)):
+            brute = dense[:, q_ids] @ q_w
+            top = [(ids[i], brute[i]) for i in np.lexsort((np.arange(300), -brute))[:10] if brute[i] > 0]
+            got = idx.search(q_ids, q_w, k=10)
+            assert [d for d, _ in got] == [d for d, _ in top]
+            assert np.allclose([s for _, s in got], [s for _, s in top], atol=1e-5)
+    index.save(tmp_path / "idx", {"encoder": "test"})
+    loaded, meta = SparseIndex.load(tmp_path / "idx")
+    assert meta["encoder"] == "test" and meta["n_docs"] == 300
+    assert (loaded.postings != index.postings).nnz == 0 and loaded.doc_ids == ids
+    assert index.export_rank_features(tmp_path / "rf.jsonl") == 300
+    first = json.loads((tmp_path / "rf.jsonl").read_text().splitlines()[0])
+    row = docs.getrow(0)
+    assert first["id"] == "d0" and first["sparse_embedding"] == pytest.approx(
+        {f"t{j}": float(v) for j, v in zip(row.indices, row.data)}, abs=1e-5)
+    index.export_anserini(tmp_path / "anserini.jsonl", scale=100)
+    vec = json.loads((tmp_path / "anserini.jsonl").read_text().splitlines()[0])
+    assert vec["contents"] == "" and all(isinstance(v, int) and v > 0 for v in vec["vector"].values())
+    with pytest.raises(FileNotFoundError, match="not a sparse index folder"):
+        SparseIndex.load(tmp_path)
+
+
+def test_tiny_sparse_student_trains_and_loads_as_sparse_encoder(tiny_mlm, tiny_distill, tmp_path):
+    from sentence_transformers import SparseEncoder
+
+    from retrieval_kd.students import load_sparse_config, train_sparse
+
+    folder, _ = tiny_mlm
+    values = dict(tiny_distill, model=str(folder), output_dir=str(tmp_path / "sparse"))
+    values["loss"] = {"name": "margin-mse", "idf_aware": True, "document_regularizer_weight": 1e-3}
+    values["sampler"] = dict(values["sampler"])
+    config = load_sparse_config(values, {"training.max_steps": 4})
+    summary = train_sparse(config)
+    assert summary["steps"] == 4
+    model = SparseEncoder(str(tmp_path / "sparse"))
+    q = model.encode_query(["fish pond"], convert_to_tensor=True).to_dense()[0]
+    idf = load_idf(tmp_path / "sparse-idf.json")
+    fish = QueryTokenizer.from_sparse_encoder(model).tokenizer.convert_tokens_to_ids("fish")
+    assert float(q[fish]) == pytest.approx(idf["fish"])            # the saved query side is IDF
+    assert "Inference-free sparse distillation" in (tmp_path / "sparse" / "README.md").read_text()
