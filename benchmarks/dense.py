@@ -20,34 +20,26 @@ import logging
 import time
 from pathlib import Path
 
+from _teacher import MEMBERS, heterogeneous_teacher  # noqa: I001 (benchmarks/ helper)
+
 from retrieval_kd.data import load_collection, write_run
 from retrieval_kd.data.formats import atomic_write
 from retrieval_kd.eval import evaluate
 from retrieval_kd.search import bm25_index_for
 from retrieval_kd.search.dense import dense_search
 from retrieval_kd.students import load_config, train_dense
-from retrieval_kd.teachers import (
-    EnsembleTeacher,
-    ScoreStore,
-    fit_weights,
-    mine_candidates,
-    parse_teacher,
-    score_candidates,
-)
 from retrieval_kd.utils.hardware import hardware_info
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHERS = ["bm25", "bi-encoder:sentence-transformers/all-MiniLM-L6-v2"]
-SPARSE_STORE = ROOT / "experiments" / "scifact-sparse" / "scores"   # benchmarks/sparse.py scores SPLADE there
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "dense" / "scifact-demo.yaml")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the model already in output_dir")
-    parser.add_argument("--teachers", nargs="+", default=TEACHERS, help="ensemble members (teacher specs)")
-    parser.add_argument("--fit-weights", action="store_true",
-                        help="fit the ensemble weights on the training split's candidates (never on test)")
+    parser.add_argument("--teachers", nargs="+", default=MEMBERS, help="ensemble members (teacher specs)")
+    parser.add_argument("--no-fit", action="store_true",
+                        help="equal ensemble weights (default: fitted on the training split, never on test)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "dense.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (as rkd train dense --set)")
@@ -61,26 +53,10 @@ def main() -> None:
     config = load_config(args.config, {"resume": "never", **parse_overrides(args.overrides)})
     collection = load_collection(config.data.dataset)
     work = Path(config.data.store).parent
-    # teacher scores (resumable: scored queries are skipped)
+    # teacher scores (resumable: scored queries are skipped; members scored by other benchmarks are copied)
     t0 = time.perf_counter()
-    candidates = mine_candidates(collection, config.data.split, k=100, sources=("bm25",))
-    write_run(candidates, work / "train-cands.run", tag="candidates")
-    members = [parse_teacher(s) for s in args.teachers]
-    with ScoreStore(config.data.store) as store:      # a member scored by another benchmark is copied, not rescored
-        for m in members:
-            if Path(SPARSE_STORE, ScoreStore.MAIN).exists() and not store.done_queries(m.fingerprint):
-                store.import_teacher(SPARSE_STORE, m.fingerprint)
-    weights = None
-    if args.fit_weights:
-        runs = []
-        for m in members:
-            score_candidates(m, collection, candidates, config.data.store)
-            with ScoreStore(config.data.store) as store:
-                runs.append(store.get(m.fingerprint))
-        weights, train_value = fit_weights(runs, collection.qrels(config.data.split), "minmax", step=0.1)
-        logging.info("ensemble weights fitted on %s: %s (nDCG@10 %.4f)", config.data.split, weights, train_value)
-    teacher = EnsembleTeacher(members, weights, normalization="minmax")
-    score_candidates(teacher, collection, candidates, config.data.store)
+    teacher, weights = heterogeneous_teacher(collection, config.data.split, Path(config.data.store), args.teachers,
+                                             fit=not args.no_fit)
     teach_seconds = time.perf_counter() - t0
 
     qrels = collection.qrels("test")

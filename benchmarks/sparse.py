@@ -46,6 +46,7 @@ def main() -> None:
 
     import numpy as np
     import torch
+    from _teacher import heterogeneous_teacher
 
     from retrieval_kd.data import load_collection
     from retrieval_kd.data.formats import atomic_write
@@ -56,7 +57,6 @@ def main() -> None:
     from retrieval_kd.students import load_sparse_config, train_sparse
     from retrieval_kd.students.idf import idf_vector
     from retrieval_kd.students.sparse import flops, idf_for
-    from retrieval_kd.teachers import EnsembleTeacher, mine_candidates, parse_teacher, score_candidates
     from retrieval_kd.utils.hardware import hardware_info
 
     config = load_sparse_config(args.config, {"resume": "never"})
@@ -69,9 +69,7 @@ def main() -> None:
 
     # teacher scores: the heterogeneous ensemble (dense MiniLM + sparse SPLADE-tiny), members stored too
     t0 = time.perf_counter()
-    candidates = mine_candidates(collection, config.data.split, k=100, sources=("bm25",))
-    members = [parse_teacher(f"bi-encoder:{MINILM}"), parse_teacher(f"splade:{SPLADE}")]
-    score_candidates(EnsembleTeacher(members, normalization="minmax"), collection, candidates, config.data.store)
+    teacher, weights = heterogeneous_teacher(collection, config.data.split, Path(config.data.store))
     teach_seconds = round(time.perf_counter() - t0, 1)
 
     results: dict = {}
@@ -145,7 +143,8 @@ def main() -> None:
                "bm25s_ms_per_query": round(1000 * min(theirs) / len(texts), 3), "queries": len(texts),
                "repeats": args.repeats, "threads": 1, "top_k": 100}
     results["ablation"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in ablation.items()}
-    results["details"] = {**details, "latency": latency, "teach_seconds": teach_seconds}
+    results["details"] = {**details, "latency": latency, "teach_seconds": teach_seconds, "teacher": teacher.name,
+                          "teacher_weights": weights}
     with atomic_write(args.output) as fh:
         json.dump({"scifact": results}, fh, indent=1)
     with atomic_write(args.output.with_suffix(".meta.json")) as fh:

@@ -199,6 +199,11 @@ class SparseLossConfig:
         regularizer_warmup: fraction of the steps over which lambda_d rises quadratically from 0.
         idf_aware: IDF in the matching function (query token weights = IDF, the IDF-aware penalty) or plain FLOPS
             with binary query tokens.
+        calibrate_scale: before training, rescale the teacher's scores so that the spread (standard deviation) of
+            its pair margins equals the untrained student's on a sample of training pairs. Sparse dot products
+            are unbounded, so a teacher on another scale makes Margin-MSE shrink (or inflate) every weight
+            instead of reordering documents.
+        calibration_pairs: training pairs sampled for that calibration.
     """
 
     name: str = "margin-mse"
@@ -206,6 +211,8 @@ class SparseLossConfig:
     document_regularizer_weight: float = 3e-3
     regularizer_warmup: float = 1 / 3
     idf_aware: bool = True
+    calibrate_scale: bool = True
+    calibration_pairs: int = 128
 
 
 @dataclass

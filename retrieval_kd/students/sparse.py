@@ -124,6 +124,26 @@ def siamese_splade(model: str = "rkd-local/splade-tiny", max_seq_length: int = 2
                                   SpladePooling(pooling_strategy="max", activation_function="relu")], device=device)
 
 
+def calibrate_teacher_scale(model, dataset, n_pairs: int = 128, seed: int = 0) -> float:
+    """``std(student margins) / std(teacher margins)`` over a sample of training pairs (untrained student)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    rows = dataset.select(sorted(rng.choice(dataset.num_rows, min(n_pairs, dataset.num_rows), replace=False)))
+    with torch.no_grad():
+        q = model.encode_query(list(rows["query"]), convert_to_tensor=True).to_dense()
+        p = model.encode_document(list(rows["positive"]), convert_to_tensor=True).to_dense()
+        n = model.encode_document(list(rows["negative"]), convert_to_tensor=True).to_dense()
+    student = ((q * p).sum(1) - (q * n).sum(1)).cpu().numpy()
+    teacher = np.asarray(rows["score_positive"]) - np.asarray(rows["score_negative"])
+    if teacher.std() <= 1e-12:
+        raise ValueError("the teacher's margins do not vary on the calibration sample; check the score store")
+    scale = float(student.std() / teacher.std())
+    logger.info("teacher scale calibrated on %d pairs: x%.3f (student margin std %.3f, teacher %.3f)",
+                len(teacher), scale, student.std(), teacher.std())
+    return scale
+
+
 def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) -> dict[str, Any]:
     """Train the inference-free student that ``config`` describes; save a SparseEncoder folder to ``output_dir``."""
     from sentence_transformers.sparse_encoder.callbacks.splade_callbacks import SpladeRegularizerWeightSchedulerCallback
@@ -142,6 +162,12 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) 
         else None
     model = build_inference_free_model(config.model, idf, config.train_max_length or config.max_seq_length,
                                        config.query_max_length, idf_aware=config.loss.idf_aware)
+    scale = 1.0
+    if config.loss.calibrate_scale:
+        scale = calibrate_teacher_scale(model, data.dataset, config.loss.calibration_pairs,
+                                        int(config.training.get("seed", 42)))
+        data.dataset = data.dataset.map(lambda r: {"score_positive": r["score_positive"] * scale,
+                                                   "score_negative": r["score_negative"] * scale})
     main = SparseMarginMSELoss(model) if config.loss.name == "margin-mse" else \
         SparseDistillKLDivLoss(model, temperature=config.loss.kl_temperature)
     loss = SpladeLoss(model, main, document_regularizer_weight=config.loss.document_regularizer_weight,
@@ -161,7 +187,8 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) 
         "train_queries": len(data.train_q), "dev_queries": len(data.dev_q), "pairs": data.dataset.num_rows,
         "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
         "train_seconds": round(time.perf_counter() - t0, 1), "dev": last_dev_metrics(trainer),
-        "idf_aware": config.loss.idf_aware, "log_history": trainer.state.log_history,
+        "idf_aware": config.loss.idf_aware, "teacher_scale": config.data.teacher_scale * scale,
+        "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
         _save(model, config, summary, data.clusters, _card_section(config, summary))
