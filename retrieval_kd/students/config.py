@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,14 @@ class DenseTrainingConfig:
         return dataclasses.asdict(self)
 
 
+_FLOAT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)[eE][+-]?\d+$")
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``2e-5`` (no dot) as a string; such a value is the number the user meant."""
+    return float(value) if isinstance(value, str) and _FLOAT.match(value.strip()) else value
+
+
 def _build(cls, values: Any, where: str):
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
@@ -184,7 +193,12 @@ def _build(cls, values: Any, where: str):
     for key, value in values.items():
         factory = known[key].default_factory
         sub = factory if dataclasses.is_dataclass(factory) else None
-        kwargs[key] = _build(sub, value, f"{where}: {key}") if sub else value
+        if sub:
+            kwargs[key] = _build(sub, value, f"{where}: {key}")
+        elif isinstance(value, dict):
+            kwargs[key] = {k: _number(v) for k, v in value.items()}
+        else:
+            kwargs[key] = _number(value)
     return cls(**kwargs)
 
 
