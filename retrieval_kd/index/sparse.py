@@ -215,4 +215,13 @@ class QueryTokenizer:
         return ids, self.weights[ids]
 
     def encode_many(self, queries: Mapping[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        return {qid: self.encode(text) for qid, text in queries.items()}
+        """Many queries with one (batched) tokenizer call."""
+        texts = list(queries.values())
+        if not texts:
+            return {}
+        enc = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_length)
+        out = {}
+        for qid, ids in zip(queries, enc["input_ids"]):
+            ids = np.unique(np.asarray(ids, dtype=np.int64))
+            out[qid] = (ids, self.weights[ids])
+        return out
