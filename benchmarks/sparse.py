@@ -77,7 +77,12 @@ def main() -> None:
 
     from retrieval_kd.data import load_collection
     from retrieval_kd.data.formats import atomic_write
-    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors, sparse_query_vectors
+    from retrieval_kd.encoders.sparse import (
+        load_sparse_encoder,
+        sparse_corpus_vectors,
+        sparse_query_vectors,
+        sparse_rows,
+    )
     from retrieval_kd.eval import evaluate
     from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex
     from retrieval_kd.search import bm25_index_for
@@ -123,9 +128,7 @@ def main() -> None:
     vocab_tokens = [t for t, _ in sorted(splade.tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
     index = SparseIndex(docs, collection.corpus.ids, vocab_tokens)
     q_siamese = sparse_query_vectors(splade, queries)
-    run = index.search_many({qid: (q_siamese.indices[q_siamese.indptr[i]:q_siamese.indptr[i + 1]],
-                                   q_siamese.data[q_siamese.indptr[i]:q_siamese.indptr[i + 1]])
-                             for i, qid in enumerate(queries)})
+    run = index.search_many(sparse_rows(q_siamese, queries))
     results["splade_tiny"] = ndcg(run)
     details = {"splade_tiny": {"nnz_per_doc": round(docs.nnz / docs.shape[0], 1),
                                "nnz_per_query": round(q_siamese.nnz / q_siamese.shape[0], 1),

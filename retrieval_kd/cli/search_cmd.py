@@ -110,7 +110,7 @@ def _dense(args) -> int:
 
 def _sparse(args) -> int:
     from retrieval_kd.data import load_collection, write_run
-    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_query_vectors
+    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_query_vectors, sparse_rows
     from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex
 
     collection = load_collection(args.dataset)
@@ -120,9 +120,7 @@ def _sparse(args) -> int:
     try:
         encoded = QueryTokenizer.from_sparse_encoder(encoder).encode_many(queries)   # inference-free
     except ValueError:
-        q = sparse_query_vectors(encoder, queries)                                    # siamese: model queries
-        encoded = {qid: (q.indices[q.indptr[i]:q.indptr[i + 1]], q.data[q.indptr[i]:q.indptr[i + 1]])
-                   for i, qid in enumerate(queries)}
+        encoded = sparse_rows(sparse_query_vectors(encoder, queries), queries)         # siamese: model queries
     run = index.search_many(encoded, k=args.top_k)
     write_run(run, args.output, tag="sparse")
     print(f"wrote {args.output}: {len(run)} queries, top-{args.top_k}")

@@ -20,7 +20,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["corpus_embeddings", "embedding_cache_path", "load_encoder", "query_embeddings"]
+__all__ = ["corpus_embeddings", "embedding_cache_path", "encode_in_parts", "load_encoder", "query_embeddings"]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -29,6 +29,31 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, array)
     os.replace(tmp, path)
+
+
+def encode_in_parts(n: int, chunk_size: int, parts_dir: Path, suffix: str, encode, save, load, desc: str) -> list:
+    """Resumable chunked encoding, shared by dense and sparse corpus caches.
+
+    Rows ``[start, start + chunk_size)`` are encoded by ``encode(start, stop)`` and written by ``save(path, part)``
+    (atomically) to ``parts_dir/<start><suffix>``; a part already on disk is skipped, so a killed run resumes at
+    the first missing one. Returns every part, in order, read with ``load``; the caller writes the whole matrix
+    and then removes ``parts_dir``.
+    """
+    from retrieval_kd.utils.progress import progress
+
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, n, chunk_size))
+    for start in progress(starts, desc=desc, unit="chunk"):
+        part = parts_dir / f"{start:012d}{suffix}"
+        if not part.exists():
+            save(part, encode(start, min(start + chunk_size, n)))
+    return [load(parts_dir / f"{s:012d}{suffix}") for s in starts]
+
+
+def remove_parts(parts_dir: Path) -> None:
+    for part in parts_dir.iterdir():
+        part.unlink()
+    parts_dir.rmdir()
 
 
 def load_encoder(model: str, max_seq_length: int | None = 256, device: str | None = None):
@@ -54,28 +79,23 @@ def embedding_cache_path(model: str, corpus, max_seq_length: int | None, normali
 def corpus_embeddings(model: str, corpus, max_seq_length: int | None = 256, normalize: bool = True,
                       batch_size: int = 32, chunk_size: int = 2048, encoder=None, path: Path | None = None) -> np.ndarray:
     """All passages' embeddings ``(len(corpus), dim)``; computed once, then read memory-mapped from the cache."""
-    from retrieval_kd.utils.progress import progress
-
     path = path or embedding_cache_path(model, corpus, max_seq_length, normalize)
     if path.exists():
         return np.load(path, mmap_mode="r")
-    parts_dir = path.with_suffix(".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
     ids = corpus.ids
-    starts = list(range(0, len(ids), chunk_size))
-    for start in progress(starts, desc=f"encode corpus ({model})", unit="chunk"):
-        part = parts_dir / f"{start:012d}.npy"
-        if part.exists():
-            continue
+
+    def encode(start: int, stop: int) -> np.ndarray:
+        nonlocal encoder
         encoder = encoder or load_encoder(model, max_seq_length)
-        emb = encoder.encode(corpus.texts(ids[start:start + chunk_size]), batch_size=batch_size,
-                             normalize_embeddings=normalize, convert_to_numpy=True).astype(np.float32)
-        _save_npy(part, emb)
-    matrix = np.concatenate([np.load(parts_dir / f"{s:012d}.npy") for s in starts]) if starts else np.zeros((0, 0))
+        return encoder.encode(corpus.texts(ids[start:stop]), batch_size=batch_size, normalize_embeddings=normalize,
+                              convert_to_numpy=True).astype(np.float32)
+
+    parts_dir = path.with_suffix(".parts")
+    parts = encode_in_parts(len(ids), chunk_size, parts_dir, ".npy", encode, _save_npy, np.load,
+                            f"encode corpus ({model})")
+    matrix = np.concatenate(parts) if parts else np.zeros((0, 0))
     _save_npy(path, matrix.astype(np.float32))
-    for part in parts_dir.glob("*.npy"):
-        part.unlink()
-    parts_dir.rmdir()
+    remove_parts(parts_dir)
     logger.info("cached %s corpus embeddings %s at %s", model, matrix.shape, path)
     return np.load(path, mmap_mode="r")
 

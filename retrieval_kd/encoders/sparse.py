@@ -19,7 +19,22 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_sparse_encoder", "sparse_corpus_vectors", "sparse_query_vectors", "to_scipy"]
+__all__ = ["load_sparse_encoder", "siamese_splade", "sparse_corpus_vectors", "sparse_query_vectors", "sparse_rows",
+           "to_scipy"]
+
+
+def siamese_splade(model: str = "rkd-local/splade-tiny", max_seq_length: int = 256, device: str | None = None):
+    """A siamese SPLADE SparseEncoder: the same MLM + max pooling of log(1 + ReLU(logits)) for queries and documents.
+
+    sentence-transformers' ``relu`` activation is SPLADE's log(1 + ReLU(x)); its ``log1p_relu`` adds a second log
+    (OpenSearch's variant).
+    """
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sentence_transformer.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    return SparseEncoder(modules=[Transformer(model, max_seq_length=max_seq_length, transformer_task="fill-mask"),
+                                  SpladePooling(pooling_strategy="max", activation_function="relu")], device=device)
 
 
 def load_sparse_encoder(model: str, device: str | None = None):
@@ -35,8 +50,6 @@ def load_sparse_encoder(model: str, device: str | None = None):
     cached = try_to_load_from_cache(model, "modules.json")
     if isinstance(cached, str):
         return SparseEncoder(model, device=device)
-    from retrieval_kd.students.sparse import siamese_splade
-
     return siamese_splade(model, device=device)
 
 
@@ -61,38 +74,38 @@ def _cache_path(model: str, corpus, max_seq_length: int | None) -> Path:
     return cache_dir() / "sparse" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)[-60:]}-{digest}.npz"
 
 
+def _save_npz(path: Path, matrix: sp.spmatrix) -> None:
+    """``save_npz`` to a temporary name in the same folder, then rename (a kill never leaves a torn file)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    sp.save_npz(tmp, matrix)
+    os.replace(tmp, path)
+
+
 def sparse_corpus_vectors(model: str, corpus, max_seq_length: int | None = 256, batch_size: int = 32,
                           chunk_size: int = 1024, encoder=None) -> sp.csr_matrix:
     """Document vectors ``(len(corpus), vocab)`` (row i = the corpus's i-th document), cached on disk."""
-    from retrieval_kd.utils.progress import progress
+    from retrieval_kd.encoders.embeddings import encode_in_parts, remove_parts
 
     path = _cache_path(model, corpus, max_seq_length)
     if path.exists():
         return sp.load_npz(path).tocsr()
-    parts = path.with_suffix(".parts")
-    parts.mkdir(parents=True, exist_ok=True)
     ids = corpus.ids
-    starts = list(range(0, len(ids), chunk_size))
-    for start in progress(starts, desc=f"encode corpus (sparse, {model})", unit="chunk"):
-        part = parts / f"{start:012d}.npz"
-        if part.exists():
-            continue
+
+    def encode(start: int, stop: int) -> sp.csr_matrix:
+        nonlocal encoder
         if encoder is None:
             encoder = load_sparse_encoder(model)
             if max_seq_length:
                 encoder.max_seq_length = max_seq_length
-        emb = encoder.encode_document(corpus.texts(ids[start:start + chunk_size]), batch_size=batch_size,
-                                      convert_to_sparse_tensor=True)
-        tmp = part.with_name(f".{part.stem}.{os.getpid()}.tmp.npz")
-        sp.save_npz(tmp, to_scipy(emb))
-        os.replace(tmp, part)
-    matrix = sp.vstack([sp.load_npz(parts / f"{s:012d}.npz") for s in starts]).tocsr()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    sp.save_npz(tmp, matrix)
-    os.replace(tmp, path)
-    for part in parts.glob("*.npz"):
-        part.unlink()
-    parts.rmdir()
+        return to_scipy(encoder.encode_document(corpus.texts(ids[start:stop]), batch_size=batch_size,
+                                                convert_to_sparse_tensor=True))
+
+    parts_dir = path.with_suffix(".parts")
+    parts = encode_in_parts(len(ids), chunk_size, parts_dir, ".npz", encode, _save_npz, sp.load_npz,
+                            f"encode corpus (sparse, {model})")
+    matrix = sp.vstack(parts).tocsr()
+    _save_npz(path, matrix)
+    remove_parts(parts_dir)
     logger.info("cached sparse corpus vectors %s (%.1f non-zeros per document) at %s", matrix.shape,
                 matrix.nnz / max(matrix.shape[0], 1), path)
     return matrix
@@ -101,3 +114,10 @@ def sparse_corpus_vectors(model: str, corpus, max_seq_length: int | None = 256, 
 def sparse_query_vectors(encoder, queries: dict[str, str], batch_size: int = 64) -> sp.csr_matrix:
     """Query vectors in the dict's order (the query route: static weights for inference-free models)."""
     return to_scipy(encoder.encode_query(list(queries.values()), batch_size=batch_size, convert_to_sparse_tensor=True))
+
+
+def sparse_rows(matrix: sp.csr_matrix, keys) -> dict:
+    """``{key: (token_ids, weights)}`` for the rows of a CSR matrix (row i belongs to the i-th key)."""
+    matrix = sp.csr_matrix(matrix)
+    return {key: (matrix.indices[matrix.indptr[i]:matrix.indptr[i + 1]],
+                  matrix.data[matrix.indptr[i]:matrix.indptr[i + 1]]) for i, key in enumerate(keys)}

@@ -18,7 +18,7 @@ builds the same batches (accelerate hands each rank its share) and a resumed run
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
 
 import numpy as np
@@ -164,6 +164,3 @@ def tas_sampler(kind: str, clusters: Mapping[str, int] | None = None, n_bins: in
     return partial(TASBalancedBatchSampler, clusters=None if kind == "random" else dict(clusters),
                    balanced=kind == "tas-balanced", n_bins=n_bins)
 
-
-def cluster_sizes(clusters: Mapping[str, int]) -> Sequence[int]:
-    return np.bincount(np.asarray(list(clusters.values()))).tolist()

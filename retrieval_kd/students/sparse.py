@@ -43,7 +43,7 @@ from retrieval_kd.students.config import SparseTrainingConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_inference_free_model", "flops", "idf_for", "siamese_splade", "train_sparse"]
+__all__ = ["build_inference_free_model", "calibrate_teacher_scale", "flops", "idf_for", "train_sparse"]
 
 
 def flops(doc_weights, query_weights=None) -> float:
@@ -114,16 +114,6 @@ def build_inference_free_model(doc_model: str, idf: dict[str, float] | None, max
     return SparseEncoder(modules=[router], device=device, similarity_fn_name="dot")
 
 
-def siamese_splade(model: str = "rkd-local/splade-tiny", max_seq_length: int = 256, device: str | None = None):
-    """A siamese SPLADE SparseEncoder (the same MLM + pooling for queries and documents)."""
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sentence_transformer.modules import Transformer
-    from sentence_transformers.sparse_encoder.modules import SpladePooling
-
-    return SparseEncoder(modules=[Transformer(model, max_seq_length=max_seq_length, transformer_task="fill-mask"),
-                                  SpladePooling(pooling_strategy="max", activation_function="relu")], device=device)
-
-
 def calibrate_teacher_scale(model, dataset, n_pairs: int = 128, seed: int = 0) -> float:
     """``std(student margins) / std(teacher margins)`` over a sample of training pairs (untrained student)."""
     import torch
@@ -156,10 +146,11 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) 
 
     t0 = time.perf_counter()
     data = prepare_training_data(config, collection)
-    model = build_inference_free_model(config.model, None, config.train_max_length or config.max_seq_length,
-                                       config.query_max_length, idf_aware=False)
-    idf = idf_for(config, data.collection, model[0].sub_modules["document"][0].tokenizer) if config.loss.idf_aware \
-        else None
+    idf = None
+    if config.loss.idf_aware:
+        from transformers import AutoTokenizer
+
+        idf = idf_for(config, data.collection, AutoTokenizer.from_pretrained(config.model))
     model = build_inference_free_model(config.model, idf, config.train_max_length or config.max_seq_length,
                                        config.query_max_length, idf_aware=config.loss.idf_aware)
     scale = 1.0

@@ -37,17 +37,9 @@ class SpladeTeacher(Teacher):
     @property
     def model(self):
         if self._model is None:
-            from sentence_transformers import SparseEncoder
-            from sentence_transformers.sentence_transformer.modules import Transformer
-            from sentence_transformers.sparse_encoder.modules import SpladePooling
+            from retrieval_kd.encoders.sparse import siamese_splade
 
-            # sentence-transformers' "relu" activation is SPLADE's log(1 + ReLU(x)); its "log1p_relu" adds a
-            # second log (OpenSearch's variant), which is not what this teacher computes.
-            self._model = SparseEncoder(
-                modules=[Transformer(self.model_name, max_seq_length=self.max_seq_length, transformer_task="fill-mask"),
-                         SpladePooling(pooling_strategy="max", activation_function="relu")],
-                device=self.device,
-            )
+            self._model = siamese_splade(self.model_name, self.max_seq_length, self.device)
         return self._model
 
     def encode(self, texts: list[str]):
