@@ -16,21 +16,6 @@ from retrieval_kd.students.sparse import build_inference_free_model, flops
 from .conftest import WORDS
 
 
-@pytest.fixture(scope="session")
-def tiny_mlm(tmp_path_factory):
-    """A randomly initialised 2-layer BERT masked LM with a word-level vocabulary (a stand-in for SPLADE)."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-mlm")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
-    torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, tokenizer
-
-
 def test_idf_equals_hand_computed_values(tiny_mlm, tmp_path):
     _, tok = tiny_mlm
     docs = ["fish pond fish", "pond water", "wifi radio"]

@@ -7,9 +7,18 @@ import logging
 import sys
 
 from retrieval_kd import __version__
-from retrieval_kd.cli import data_cmd, eval_cmd, index_cmd, models_cmd, search_cmd, teach_cmd, train_cmd
+from retrieval_kd.cli import (
+    data_cmd,
+    eval_cmd,
+    index_cmd,
+    models_cmd,
+    pipeline_cmd,
+    search_cmd,
+    teach_cmd,
+    train_cmd,
+)
 
-_COMMANDS = [data_cmd, search_cmd, eval_cmd, models_cmd, teach_cmd, train_cmd, index_cmd]
+_COMMANDS = [data_cmd, search_cmd, eval_cmd, models_cmd, teach_cmd, train_cmd, index_cmd, pipeline_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 ir_datasets downloads and verifies the official files itself. This adapter exports its docs, queries and
 qrels once, streaming, into BEIR layout under ``data/cache/irds/<id>/`` (written atomically), so the rest of the
-project sees one kind of collection. The qrels split is the id's last component when it names a split
+project sees one kind of collection. The qrels split is the last component of the id that names a split
 (``train``, ``dev``, ``test``, ...), else ``test``.
 """
 
@@ -22,8 +22,12 @@ _SPLITS = {"train", "dev", "test", "validation", "val", "eval"}
 
 
 def _split_of(dataset_id: str) -> str:
-    last = dataset_id.rstrip("/").split("/")[-1]
-    return last if last in _SPLITS else "test"
+    """The split an id's qrels are: its last component naming one (``msmarco-passage/train/judged`` -> train,
+    ``msmarco-passage/dev/small`` -> dev), else ``test`` (``msmarco-passage/trec-dl-2019/judged``)."""
+    for part in reversed(dataset_id.rstrip("/").split("/")):
+        if part in _SPLITS:
+            return part
+    return "test"
 
 
 def _text_of(obj) -> str:

@@ -1,0 +1,248 @@
+"""The pipeline's report: ``report.md`` with the quality, index and speed tables, and PNG plots beside it.
+
+Everything comes from files the earlier stages wrote (``metrics.json``, ``speed/*.json``, ``stages/*.json``,
+``models/*-log.json``), so the report can be rebuilt alone (``rkd pipeline CONFIG --force report``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from retrieval_kd.pipeline.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_report", "quality_table", "system_label"]
+
+_KINDS = {"flat": "flat (exact)", "hnsw": "HNSW32", "pq": "FAISS PQ", "ivfpq": "FAISS IVFPQ",
+          "opq-ivfpq": "FAISS OPQ+IVFPQ", "distill-vq": "Distill-VQ (IVFPQ)"}
+
+
+def _load(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def system_label(name: str, teacher_names: dict | None = None) -> str:
+    """A readable row name for a run file's stem."""
+    if name == "bm25":
+        return "BM25 (bm25s)"
+    if name == "ensemble":
+        return "teacher: ensemble (reranks BM25 top-k)"
+    if name.startswith("teacher"):
+        return f"teacher: {(teacher_names or {}).get(name, name)} (reranks BM25 top-k)"
+    if name == "dense-initial":
+        return "dense student before distillation (flat)"
+    if name == "sparse-inference-free":
+        return "inference-free sparse student"
+    if name.startswith("dense-"):
+        kind = name[len("dense-"):]
+        if kind in _KINDS:
+            return f"distilled dense, {_KINDS[kind]}"
+        base, _, size = kind.rpartition("-")
+        return f"distilled dense, {_KINDS.get(base, base)}, {size} B/vector"
+    return name
+
+
+def _order(name: str) -> tuple:
+    prefixes = ["bm25", "teacher", "ensemble", "dense-initial", "dense-flat", "dense-hnsw", "dense-pq",
+                "dense-ivfpq", "dense-opq-ivfpq", "dense-distill-vq", "sparse"]
+    rank = max((i for i, p in enumerate(prefixes) if name.startswith(p)), default=len(prefixes))
+    size = name.rsplit("-", 1)[-1]
+    return (rank, -int(size) if size.isdigit() else 0, name)
+
+
+def quality_table(metrics: dict, eval_name: str, metric_names: list[str], teacher_names: dict | None = None) -> str:
+    """Markdown: one row per system, its metrics, and the paired t-test p-value of the first metric vs BM25
+    (``*``: p < 0.05)."""
+    runs = metrics[eval_name]["runs"]
+    first = metric_names[0]
+    head = "| system | " + " | ".join(metric_names) + f" | p ({first} vs BM25) |"
+    lines = [head, "|---|" + "---:|" * (len(metric_names) + 1)]
+    for name in sorted(runs, key=_order):
+        row = runs[name]
+        cells = [f"{row['scores'][m]:.4f}" for m in metric_names]
+        p = row.get("p_vs_bm25", {}).get(first)
+        mark = "" if p is None else (f"{p:.3g}" + (" *" if p < 0.05 else ""))
+        lines.append(f"| {system_label(name, teacher_names)} | " + " | ".join(cells) + f" | {mark} |")
+    return "\n".join(lines)
+
+
+def _index_table(metrics: dict, speed: dict, eval_name: str, metric_names: list[str]) -> tuple[str, list]:
+    runs = metrics[eval_name]["runs"]
+    flat = runs.get("dense-flat", {}).get("scores", {}).get(metric_names[0])
+    lines = ["| index | bytes / vector | " + " | ".join(metric_names) + " | retained (of flat) |",
+             "|---|---:|" + "---:|" * (len(metric_names) + 1)]
+    points = []
+    for name in sorted((n for n in runs if n.startswith("dense-") and n != "dense-initial"), key=_order):
+        key = name[len("dense-"):]
+        size = speed.get(key, {}).get("bytes_per_vector")
+        scores = runs[name]["scores"]
+        retained = f"{scores[metric_names[0]] / flat:.1%}" if flat else ""
+        lines.append(f"| {system_label(name)} | {size:.0f} | " + " | ".join(f"{scores[m]:.4f}" for m in metric_names)
+                     + f" | {retained} |")
+        points.append((key, size, scores[metric_names[0]]))
+    return "\n".join(lines), points
+
+
+def _speed_table(speed: dict) -> str:
+    lines = ["| index | nprobe | queries/s | Recall@10 (of exact top-10) |", "|---|---:|---:|---:|"]
+    for key in sorted(speed, key=lambda k: _order(f"dense-{k}")):
+        for pt in speed[key]["points"]:
+            nprobe = "" if pt.get("nprobe") is None else pt["nprobe"]
+            rec = f"{pt['recall@10']:.4f}" if "recall@10" in pt else ""
+            lines.append(f"| {_KINDS.get(key, key) if key in _KINDS else key} | {nprobe} | {pt['qps']:.0f} | {rec} |")
+    return "\n".join(lines)
+
+
+def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, logs: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = work / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        groups: dict = {}
+        for key, size, value in points:
+            base = key.rsplit("-", 1)[0] if key.rsplit("-", 1)[-1].isdigit() else key
+            groups.setdefault(base, []).append((size, value))
+        for base, pts in groups.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_KINDS.get(base, base))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("index bytes per vector")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{eval_name}: {metric} against code size")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        made.append(out / f"{eval_name}-quality-vs-bytes.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    curves = {k: v for k, v in speed.items() if any("recall@10" in p for p in v["points"])}
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, entry in sorted(curves.items(), key=lambda kv: _order(f"dense-{kv[0]}")):
+            pts = [p for p in entry["points"] if "recall@10" in p]
+            ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o",
+                    label=f"{_KINDS.get(key.rsplit('-', 1)[0], key)} {key.rsplit('-', 1)[-1]}"
+                    if key.rsplit("-", 1)[-1].isdigit() else _KINDS.get(key, key))
+        ax.set_yscale("log")
+        ax.set_xlabel("Recall@10 (share of exact top-10)")
+        ax.set_ylabel("queries / s (1 thread)")
+        ax.set_title(f"{eval_name}: speed against recall (nprobe sweep)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        made.append(out / f"{eval_name}-qps-vs-recall.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    return made
+
+
+def _loss_plot(work: Path, logs: dict) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: [(h["step"], h["loss"]) for h in v if "loss" in h and "step" in h] for k, v in logs.items()}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.5), squeeze=False)
+    for ax, (kind, pts) in zip(axes[0], series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{kind} student")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = work / "plots" / "training-loss.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(work: Path, config: PipelineConfig) -> Path:
+    """Write ``report.md`` and the plots under ``work``; returns the report's path."""
+    from retrieval_kd.data.formats import atomic_write
+    from retrieval_kd.utils.hardware import hardware_info
+
+    work = Path(work)
+    metrics = _load(work / "metrics.json", {})
+    markers = {p.stem: _load(p) for p in sorted((work / "stages").glob("*.json"))}
+    teach = (markers.get("teach") or {}).get("summary", {})
+    logs = {k: _load(work / "models" / f"{k}-log.json", []) for k in ("dense", "sparse")}
+    hw = hardware_info(("retrieval-kd", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu",
+                        "ranx", "bm25s", "ir_datasets", "numpy"))
+    lines = [f"# {config.name}", ""]
+    if config.description:
+        lines += [config.description.strip(), ""]
+    lines += [f"Command: `rkd pipeline {config.source or '<config>'}`; written {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+              f"Config sized for: {config.hardware or 'unspecified'}"
+              + (f", about {config.expected_minutes:g} minutes." if config.expected_minutes else "."), ""]
+    lines += ["## Quality", ""]
+    loss_plot = _loss_plot(work, logs)
+    for ev in config.eval:
+        if ev.name not in metrics:
+            continue
+        names = {}
+        for label, name in teach.get("rerank", {}).get(ev.name, {}).items():
+            names[label] = name
+        lines += [f"### {ev.name} ({metrics[ev.name]['runs']['bm25']['queries'] if 'bm25' in metrics[ev.name]['runs'] else '?'}"
+                  f" queries, binary measures count grade >= {metrics[ev.name]['relevance_level']})", "",
+                  quality_table(metrics, ev.name, config.metrics, names), "",
+                  "p: ranx paired Student's t-test against BM25 on the same queries; * marks p < 0.05. Teachers "
+                  f"rerank BM25's top-{config.teachers.rerank_depth}; students retrieve top-{config.retrieve_top_k} "
+                  "from the whole corpus.", ""]
+        speed = _load(work / "speed" / f"{ev.name}.json", {})
+        table, points = _index_table(metrics, speed, ev.name, config.metrics)
+        if points:
+            lines += [f"#### Indexes of the distilled dense student (nlist {config.index.nlist}, nprobe "
+                      f"{config.index.nprobe})", "", table, ""]
+        plots = _plots(work, config.metrics[0], ev.name, points, speed, logs)
+        if speed:
+            lines += ["#### Speed (one thread, all queries in one batch, best of 3)", "", _speed_table(speed), ""]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    lines += ["## Teachers", ""]
+    if teach:
+        weights = teach.get("weights")
+        for i, m in enumerate(teach.get("members", [])):
+            w = f" weight {weights[i]}" if weights else ""
+            lines.append(f"- {m}{w}")
+        if teach.get("fitted_on"):
+            lines.append(f"- weights fitted on {teach['fitted_on']} (nDCG@10 there {teach['fitted_ndcg@10']:.4f}); "
+                         f"normalisation {config.teachers.normalization}")
+        lines.append("")
+    lines += ["## Students", ""]
+    for kind in ("dense", "sparse"):
+        s = (markers.get(f"train-{kind}") or {}).get("summary")
+        if s:
+            lines.append(f"- {kind}: {s.get('steps')} steps, final training loss {s.get('train_loss', float('nan')):.4f}, "
+                         f"{s.get('train_seconds')} s, teacher `{s.get('teacher')}`"
+                         + (f", resumed from {s['resumed_from']}" if s.get("resumed_from") else ""))
+    if loss_plot:
+        lines += ["", f"![training loss](plots/{loss_plot.name})"]
+    lines += ["", "## Stages", "", "| stage | seconds | fingerprint |", "|---|---:|---|"]
+    total = 0.0
+    for name, m in markers.items():
+        if m and name != "report":
+            total += float(m.get("seconds", 0))
+            lines.append(f"| {name} | {m.get('seconds')} | {m.get('fingerprint')} |")
+    lines += [f"| total (without report) | {total:.1f} | |", "", "## Hardware and versions", "",
+              f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores), torch threads {hw.get('torch_threads')}, "
+              f"GPU: {hw.get('cuda') or 'none'}",
+              f"- Python {hw.get('python')} on {hw.get('platform')}",
+              "- " + ", ".join(f"{k} {v}" for k, v in hw.get("versions", {}).items()), ""]
+    path = work / "report.md"
+    with atomic_write(path) as fh:
+        fh.write("\n".join(lines))
+    return path

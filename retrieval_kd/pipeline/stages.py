@@ -1,0 +1,393 @@
+"""The pipeline's stages, in order: mine -> teach -> train-dense -> train-sparse -> index -> retrieve -> evaluate
+-> report. Each is a function of a :class:`Context` that writes its outputs under the experiment folder and
+returns a JSON summary (kept in the stage's marker file, ``stages/<name>.json``).
+
+Layout of ``experiments/<name>/``::
+
+    candidates/train.run            BM25 (+ dense) top-k of the training queries, plus their judged positives
+    scores/                         score store of the training candidates (every member + the ensemble)
+    scores-eval/<eval>/             score store of the eval sets' BM25 top-k (teachers as rerankers, report only)
+    models/dense, models/sparse     the students (SentenceTransformer / SparseEncoder folders)
+    indexes/<eval>/<kind>[-<bytes>]  FAISS indexes (index.faiss + docids.json + rkd_index.json), sparse index
+    runs/<eval>/<system>.run        TREC run files
+    speed/<eval>.json               queries/s and Recall@10 per index and nprobe
+    metrics.json                    ranx means and paired p-values against BM25
+    report.md, plots/*.png          the report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval_kd.data.formats import atomic_write
+from retrieval_kd.pipeline.config import PipelineConfig, student_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Context", "STAGE_ORDER"]
+
+STAGE_ORDER = ("mine", "teach", "train-dense", "train-sparse", "index", "retrieve", "evaluate", "report")
+
+
+@dataclass
+class Context:
+    """What stages share in one process: the config, the experiment folder, loaded collections and teachers."""
+
+    config: PipelineConfig
+    collections: dict = field(default_factory=dict)
+    teachers: dict = field(default_factory=dict)
+
+    @property
+    def work(self) -> Path:
+        return self.config.work_dir
+
+    def collection(self, ref: str):
+        if ref not in self.collections:
+            from retrieval_kd.data import load_collection
+
+            self.collections[ref] = load_collection(ref)
+        return self.collections[ref]
+
+    def runs_dir(self, eval_name: str) -> Path:
+        return self.work / "runs" / eval_name
+
+    def index_dir(self, corpus: str) -> Path:
+        return self.work / "indexes" / corpus
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        json.dump(data, fh, indent=1, default=str)
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
+
+
+# ------------------------------------------------------------------------------------------------------ mine
+def mine(ctx: Context) -> dict:
+    """Training candidates (with positives) and BM25 top-``retrieve_top_k`` of every eval set (its first system)."""
+    from retrieval_kd.data import write_run
+    from retrieval_kd.search import bm25_index_for
+    from retrieval_kd.teachers import mine_candidates
+
+    cfg = ctx.config
+    train = ctx.collection(cfg.dataset)
+    cands = mine_candidates(train, cfg.train_split, k=cfg.candidates.top_k, sources=tuple(cfg.candidates.sources))
+    write_run(cands, ctx.work / "candidates" / "train.run", tag="candidates")
+    summary = {"train_queries": len(cands), "train_pairs": sum(len(v) for v in cands.values()), "eval": {}}
+    for ev in cfg.eval:
+        coll = ctx.collection(ev.dataset)
+        queries = coll.queries(ev.split)
+        run = bm25_index_for(coll).search(queries, top_k=cfg.retrieve_top_k)
+        write_run(run, ctx.runs_dir(ev.name) / "bm25.run", tag="bm25")
+        summary["eval"][ev.name] = {"queries": len(queries), "docs": len(coll.corpus.ids)}
+    return summary
+
+
+def mine_outputs(cfg: PipelineConfig) -> list[Path]:
+    work = cfg.work_dir
+    return [work / "candidates" / "train.run"] + [work / "runs" / ev.name / "bm25.run" for ev in cfg.eval]
+
+
+# ------------------------------------------------------------------------------------------------------ teach
+def _members(ctx: Context, dataset: str) -> list:
+    """Teacher instances per dataset (a teacher keeps per-corpus caches, e.g. SPLADE's document vectors)."""
+    from retrieval_kd.teachers import parse_teacher
+
+    if dataset not in ctx.teachers:
+        ctx.teachers[dataset] = [parse_teacher(s) for s in ctx.config.teachers.members]
+    return ctx.teachers[dataset]
+
+
+def teach(ctx: Context) -> dict:
+    """Every member scores the training candidates; the ensemble's weights are fitted on the training split (never
+    an eval split) and its scores stored. Then each teacher reranks BM25's top-``rerank_depth`` of every eval set,
+    for the report's teacher rows."""
+    from retrieval_kd.data import read_run, write_run
+    from retrieval_kd.teachers import EnsembleTeacher, ScoreStore, fit_weights, score_candidates
+
+    cfg, tc = ctx.config, ctx.config.teachers
+    train = ctx.collection(cfg.dataset)
+    cands = read_run(ctx.work / "candidates" / "train.run")
+    store = ctx.work / "scores"
+    members = _members(ctx, cfg.dataset)
+    for m in members:
+        score_candidates(m, train, cands, store)
+    weights, fitted_value = tc.weights, None
+    if weights is None and tc.fit_weights and len(members) > 1:
+        with ScoreStore(store) as s:
+            runs = [s.get(m.fingerprint) for m in members]
+        weights, fitted_value = fit_weights(runs, train.qrels(cfg.train_split), tc.normalization, step=tc.fit_step)
+        weights = [round(float(w), 6) for w in weights]
+        logger.info("ensemble weights fitted on %s/%s: %s (nDCG@10 there %.4f)", cfg.dataset, cfg.train_split,
+                    weights, fitted_value)
+    ensemble = EnsembleTeacher(members, weights, normalization=tc.normalization)
+    score_candidates(ensemble, train, cands, store)
+    summary = {"members": [m.name for m in members], "fingerprints": [m.fingerprint for m in members],
+               "ensemble": ensemble.fingerprint, "weights": weights,
+               "fitted_on": f"{cfg.dataset}/{cfg.train_split}" if fitted_value is not None else None,
+               "fitted_ndcg@10": fitted_value, "rerank": {}}
+    for ev in cfg.eval:
+        coll = ctx.collection(ev.dataset)
+        bm25 = read_run(ctx.runs_dir(ev.name) / "bm25.run")
+        top = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[: tc.rerank_depth]) for q, d in bm25.items()}
+        eval_members = _members(ctx, ev.dataset)
+        eval_ensemble = EnsembleTeacher(eval_members, weights, normalization=tc.normalization)
+        eval_store = ctx.work / "scores-eval" / ev.name
+        score_candidates(eval_ensemble, coll, top, eval_store, queries=coll.queries(ev.split))
+        files = {}
+        with ScoreStore(eval_store) as s:
+            for i, t in enumerate([*eval_members, eval_ensemble]):
+                label = "ensemble" if t is eval_ensemble else f"teacher{i}-{_slug(t.name)}"
+                files[label] = t.name
+                write_run(s.get(t.fingerprint), ctx.runs_dir(ev.name) / f"{label}.run", tag=label)
+        summary["rerank"][ev.name] = files
+    return summary
+
+
+def teach_outputs(cfg: PipelineConfig) -> list[Path]:
+    return [cfg.work_dir / "scores" / "scores.sqlite"]
+
+
+# ------------------------------------------------------------------------------------------------------ students
+def _train(ctx: Context, kind: str) -> dict:
+    from retrieval_kd.students import train_dense, train_sparse
+
+    config = student_config(ctx.config, kind)
+    train = ctx.collection(ctx.config.dataset)
+    summary = (train_dense if kind == "dense" else train_sparse)(config, train)
+    _write_json(Path(config.output_dir).with_name(f"{kind}-log.json"), summary.get("log_history", []))
+    return {k: v for k, v in summary.items() if k != "log_history"}
+
+
+def train_dense_stage(ctx: Context) -> dict:
+    """Distil the ensemble into the dense student (resumes from its newest checkpoint after a kill)."""
+    return _train(ctx, "dense")
+
+
+def train_sparse_stage(ctx: Context) -> dict:
+    """Distil the ensemble into the inference-free sparse student (resumes like the dense one)."""
+    return _train(ctx, "sparse")
+
+
+# ------------------------------------------------------------------------------------------------------ index
+def _dense_student(ctx: Context) -> tuple[str, int]:
+    config = student_config(ctx.config, "dense")
+    return str(config.output_dir), int(config.max_seq_length)
+
+
+def index_names(cfg: PipelineConfig) -> list[str]:
+    """Folder names of the dense indexes the config asks for (the same for every eval set)."""
+    names = []
+    for kind in cfg.index.types:
+        if kind in ("flat", "hnsw"):
+            names.append(kind)
+        else:
+            names += [f"{kind}-{b}" for b in cfg.index.bytes]
+    return names
+
+
+def build_indexes(ctx: Context) -> dict:
+    """Per eval set: the dense student's corpus embeddings in each FAISS index type and code size (Distill-VQ
+    trained on the training queries when the eval corpus is the training corpus, else on pseudo-queries alone),
+    and the sparse student's inverted index."""
+    import faiss
+
+    from retrieval_kd.encoders import corpus_embeddings, query_embeddings
+    from retrieval_kd.index import export_faiss
+    from retrieval_kd.index.dense import build_faiss_index, bytes_per_vector, save_index
+    from retrieval_kd.quantization import DistillVQConfig, train_distill_vq
+
+    cfg, ix = ctx.config, ctx.config.index
+    faiss.omp_set_num_threads(max(1, ix.threads))
+    summary: dict = {}
+    for ev in cfg.eval:
+        if ev.corpus in summary:  # built for an earlier eval set on the same corpus
+            continue
+        coll = ctx.collection(ev.dataset)
+        out, rows = ctx.index_dir(ev.corpus), {}
+        if cfg.students.dense is not None and ix.types:
+            model, max_len = _dense_student(ctx)
+            docs = np.ascontiguousarray(corpus_embeddings(model, coll.corpus, max_len), dtype=np.float32)
+            train_q = np.zeros((0, docs.shape[1]), dtype=np.float32)
+            use_train = ix.distill_vq_queries == "train" or (ix.distill_vq_queries == "auto" and ev.dataset == cfg.dataset)
+            if use_train and "distill-vq" in ix.types:
+                train_q = query_embeddings(model, ctx.collection(cfg.dataset).queries(cfg.train_split), max_len)
+            for name in index_names(cfg):
+                kind, size = (name.rsplit("-", 1) if name not in ("flat", "hnsw") else (name, None))
+                t0 = time.perf_counter()
+                meta = {"encoder": model, "max_seq_length": max_len, "kind": kind, "dataset": ev.dataset}
+                if kind == "distill-vq":
+                    params = {"pseudo_queries": 3000, "seed": 0, **ix.distill_vq, "nlist": ix.nlist, "m": int(size)}
+                    trained = train_distill_vq(docs, train_q, DistillVQConfig(**params))
+                    index = export_faiss(trained.module, lists=trained.lists, codes=trained.codes)
+                    meta.update(distill_vq=params, train_queries=len(train_q), history=trained.history)
+                else:
+                    index = build_faiss_index(kind, docs, nlist=ix.nlist, m=int(size or 0) or 48)
+                meta.update(nlist=ix.nlist if kind not in ("flat", "hnsw", "pq") else None)
+                save_index(index, out / name, coll.corpus.ids, meta)
+                rows[name] = {"bytes_per_vector": bytes_per_vector(index),
+                              "seconds": round(time.perf_counter() - t0, 1)}
+                logger.info("%s: built %s (%.0f bytes/vector) in %.1f s", ev.name, name,
+                            rows[name]["bytes_per_vector"], rows[name]["seconds"])
+        if cfg.students.sparse is not None:
+            rows["sparse"] = _sparse_index(ctx, coll, out / "sparse")
+        summary[ev.corpus] = rows
+    return summary
+
+
+def _sparse_index(ctx: Context, coll, folder: Path) -> dict:
+    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors
+    from retrieval_kd.index.sparse import SparseIndex
+
+    config = student_config(ctx.config, "sparse")
+    model = load_sparse_encoder(config.output_dir)
+    vectors = sparse_corpus_vectors(config.output_dir, coll.corpus, config.max_seq_length, encoder=model)
+    vocab = [t for t, _ in sorted(model.tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    index = SparseIndex.build(vectors, coll.corpus.ids, prune=ctx.config.index.sparse_prune, vocab=vocab)
+    index.save(folder, {"encoder": config.output_dir, "prune": ctx.config.index.sparse_prune})
+    return {"nnz_per_doc": round(index.nnz_per_doc(), 1)}
+
+
+def index_outputs(cfg: PipelineConfig) -> list[Path]:
+    out = []
+    for corpus in dict.fromkeys(ev.corpus for ev in cfg.eval):
+        base = cfg.work_dir / "indexes" / corpus
+        if cfg.students.dense is not None:
+            out += [base / n / "rkd_index.json" for n in index_names(cfg)]
+        if cfg.students.sparse is not None:
+            out.append(base / "sparse" / "rkd_index.json")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ retrieve
+def _timed_search(index, q: np.ndarray, k: int, nprobe: int | None, repeats: int = 3):
+    from retrieval_kd.index.dense import search_index
+
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = search_index(index, q, k, nprobe=nprobe, ef_search=128)
+        best = min(best, time.perf_counter() - t0)
+    return result, len(q) / best
+
+
+def retrieve(ctx: Context) -> dict:
+    """Runs of every system on every eval set (TREC files), and the nprobe sweep: queries/s (one thread, best of
+    3, all queries in one batch) against Recall@10 = the share of exact search's top-10 found."""
+    import faiss
+
+    from retrieval_kd.data import write_run
+    from retrieval_kd.encoders import query_embeddings
+    from retrieval_kd.index.dense import load_index
+    from retrieval_kd.search.dense import dense_search
+
+    cfg, ix = ctx.config, ctx.config.index
+    faiss.omp_set_num_threads(max(1, ix.threads))
+    summary: dict = {}
+    k = cfg.retrieve_top_k
+    for ev in cfg.eval:
+        coll = ctx.collection(ev.dataset)
+        queries = coll.queries(ev.split)
+        qids = list(queries)
+        runs_dir, files = ctx.runs_dir(ev.name), []
+
+        def save(name: str, run: dict, runs_dir=runs_dir, files=files) -> None:
+            write_run(run, runs_dir / f"{name}.run", tag=name)
+            files.append(name)
+
+        speed: dict = {}
+        if cfg.students.dense is not None:
+            init = student_config(cfg, "dense")
+            save("dense-initial", dense_search(init.model, coll, queries, k, init.max_seq_length))
+            model, max_len = _dense_student(ctx)
+            q = query_embeddings(model, queries, max_len)
+            exact = None
+            for name in index_names(cfg):
+                index, doc_ids, meta = load_index(ctx.index_dir(ev.corpus) / name)
+                nprobe = ix.nprobe if meta.get("nlist") else None
+                (scores, rows), qps = _timed_search(index, q, min(k, index.ntotal), nprobe)
+                save(f"dense-{name}", {qid: {doc_ids[int(r)]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
+                                       for i, qid in enumerate(qids)})
+                if name == "flat":
+                    exact = rows[:, :10]
+                sweep = ix.speed_nprobe if meta.get("nlist") else [None]
+                points = []
+                for p in sweep:
+                    (_, r10), qps = _timed_search(index, q, 10, p)
+                    points.append({"nprobe": p, "qps": round(qps, 1), "rows": r10})
+                speed[name] = {"bytes_per_vector": meta["bytes_per_vector"], "points": points}
+            for entry in speed.values():
+                for pt in entry["points"]:
+                    r10 = pt.pop("rows")
+                    if exact is not None:
+                        pt["recall@10"] = round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r10, exact)])), 4)
+        if cfg.students.sparse is not None:
+            from retrieval_kd.encoders.sparse import load_sparse_encoder
+            from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex
+
+            config = student_config(cfg, "sparse")
+            index, _ = SparseIndex.load(ctx.index_dir(ev.corpus) / "sparse")
+            query_side = QueryTokenizer.from_sparse_encoder(load_sparse_encoder(config.output_dir))
+            t0 = time.perf_counter()
+            run = index.search_many(query_side.encode_many(queries), k=k)
+            speed["sparse"] = {"points": [{"qps": round(len(queries) / (time.perf_counter() - t0), 1)}]}
+            save("sparse-inference-free", run)
+        _write_json(ctx.work / "speed" / f"{ev.name}.json", speed)
+        summary[ev.name] = files
+    return summary
+
+
+def retrieve_outputs(cfg: PipelineConfig) -> list[Path]:
+    return [cfg.work_dir / "speed" / f"{ev.name}.json" for ev in cfg.eval]
+
+
+# ------------------------------------------------------------------------------------------------------ evaluate
+def evaluate_runs(ctx: Context) -> dict:
+    """ranx means of every run, and a paired t-test (ranx, Student) of each against BM25 on the same queries."""
+    from retrieval_kd.data import read_run
+    from retrieval_kd.eval import compare, evaluate
+
+    cfg = ctx.config
+    out: dict = {}
+    for ev in cfg.eval:
+        coll = ctx.collection(ev.dataset)
+        qrels, conv = coll.qrels(ev.split), coll.conventions
+        runs = {p.stem: read_run(p) for p in sorted(ctx.runs_dir(ev.name).glob("*.run"))}
+        rows = {}
+        for name, run in runs.items():
+            res = evaluate(qrels, run, cfg.metrics, conv.relevance_level, conv.ignore_identical_ids)
+            rows[name] = {"scores": {m: round(v, 4) for m, v in res.scores.items()}, "queries": res.n_queries}
+            if name != "bm25" and "bm25" in runs:
+                report = compare(qrels, {"bm25": runs["bm25"], name: run}, cfg.metrics, conv.relevance_level,
+                                 ignore_identical_ids=conv.ignore_identical_ids).to_dict()
+                rows[name]["p_vs_bm25"] = {m: float(report[name]["comparisons"]["bm25"][_ranx(m, conv)])
+                                           for m in cfg.metrics}
+        out[ev.name] = {"dataset": ev.dataset, "split": ev.split, "relevance_level": conv.relevance_level,
+                        "runs": rows}
+    _write_json(ctx.work / "metrics.json", out)
+    return {ev: {n: r["scores"].get(cfg.metrics[0]) for n, r in v["runs"].items()} for ev, v in out.items()}
+
+
+def _ranx(metric: str, conv) -> str:
+    from retrieval_kd.eval.evaluate import ranx_metric_name
+
+    return ranx_metric_name(metric, conv.relevance_level)
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def report(ctx: Context) -> dict:
+    from retrieval_kd.pipeline.report import write_report
+
+    path = write_report(ctx.work, ctx.config)
+    return {"report": str(path)}

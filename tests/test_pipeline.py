@@ -1,0 +1,190 @@
+"""`rkd pipeline`: config validation, fingerprints and staleness, the dry run of the shipped configs, and a tiny
+end-to-end run killed with SIGKILL during training that resumes without redoing the finished stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from retrieval_kd.pipeline import Pipeline, load_pipeline_config
+
+from .conftest import ROOT, WORDS, write_jsonl
+
+CONFIGS = ROOT / "configs" / "pipeline"
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path, tiny_st_folder, tiny_mlm):
+    """A 300-document BEIR folder with train and test splits, and a pipeline config over tiny models."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "beir"
+    docs = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, 8))} for i in range(300)]
+    write_jsonl(data / "corpus.jsonl", docs)
+    queries = [{"_id": f"q{i}", "text": " ".join(rng.choice(docs[i]["text"].split(), 3))} for i in range(40)]
+    write_jsonl(data / "queries.jsonl", queries)
+    (data / "qrels").mkdir()
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                              + "".join(f"q{i}\td{i}\t1\n" for i in range(30)))
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                             + "".join(f"q{i}\td{i}\t1\n" for i in range(30, 40)))
+    training = {"per_device_train_batch_size": 4, "max_steps": 12, "learning_rate": 1e-3, "logging_steps": 1,
+                "save_strategy": "steps", "save_steps": 5, "seed": 7, "dataloader_pin_memory": False,
+                "use_cpu": True}
+    sampler = {"kind": "tas-balanced", "n_clusters": 3, "cluster_model": str(tiny_st_folder), "n_bins": 3}
+    dense = {"name": "tiny-dense", "model": str(tiny_st_folder), "max_seq_length": 32,
+             "data": {"max_negatives": 5, "dev_fraction": 0.0},
+             "loss": {"name": "margin-mse"}, "sampler": sampler, "training": training}
+    sparse = {"name": "tiny-sparse", "model": str(tiny_mlm[0]), "max_seq_length": 32, "query_max_length": 16,
+              "data": {"max_negatives": 5, "dev_fraction": 0.0},
+              "loss": {"name": "margin-mse", "idf_aware": True, "document_regularizer_weight": 1e-3},
+              "sampler": sampler, "training": dict(training, max_steps=4, save_strategy="no")}
+    (tmp_path / "dense.yaml").write_text(yaml.safe_dump(dense))
+    (tmp_path / "sparse.yaml").write_text(yaml.safe_dump(sparse))
+    config = {
+        "name": "tiny", "dataset": str(data), "train_split": "train", "output_root": str(tmp_path / "experiments"),
+        "eval": [{"dataset": str(data), "split": "test", "name": "tiny-test"}],
+        "metrics": ["ndcg@10", "recall@100"],
+        "candidates": {"top_k": 20},
+        "teachers": {"members": ["bm25", f"bi-encoder:{tiny_st_folder},max_seq_length=32"], "fit_step": 0.5,
+                     "rerank_depth": 20},
+        "students": {"dense": {"config": str(tmp_path / "dense.yaml")},
+                     "sparse": {"config": str(tmp_path / "sparse.yaml")}},
+        "index": {"types": ["flat", "hnsw", "ivfpq", "distill-vq"], "nlist": 4, "nprobe": 2, "bytes": [8, 4],
+                  "distill_vq": {"epochs": 1, "pseudo_queries": 20, "top_k": 10, "n_inlist": 5, "n_random": 5},
+                  "speed_nprobe": [1, 4]},
+        "retrieve_top_k": 100,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _rkd(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "retrieval_kd.cli.main", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env or os.environ.copy(), timeout=600)
+
+
+KILLER = """
+import os, signal, sys
+from transformers import TrainerCallback
+import retrieval_kd.students as students
+from retrieval_kd.students.dense import train_dense
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 7:          # after checkpoint-5 was saved, before the end
+            os.kill(os.getpid(), signal.SIGKILL)
+
+students.train_dense = lambda config, collection=None, callbacks=None: train_dense(config, collection, [KillAt()])
+from retrieval_kd.cli.main import main
+sys.exit(main(["pipeline", sys.argv[1]]))
+"""
+
+
+def test_killed_during_training_resumes_without_redoing_finished_stages(tiny_pipeline, tmp_path):
+    killer = tmp_path / "kill_in_training.py"
+    killer.write_text(KILLER)
+    first = subprocess.run([sys.executable, str(killer), str(tiny_pipeline)], capture_output=True, text=True,
+                           cwd=ROOT, timeout=600)
+    assert first.returncode == -9, first.stderr[-3000:]
+    work = tmp_path / "experiments" / "tiny"
+    stages = work / "stages"
+    assert sorted(p.stem for p in stages.glob("*.json")) == ["mine", "teach"]   # training never finished
+    assert (work / "models" / "dense-checkpoints" / "checkpoint-5").is_dir()
+    before = {p.stem: p.read_text() for p in stages.glob("*.json")}
+
+    second = _rkd("pipeline", str(tiny_pipeline))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "stage mine: up to date" in second.stderr and "stage teach: up to date" in second.stderr
+    for name, text in before.items():                                          # not redone: markers untouched
+        assert (stages / f"{name}.json").read_text() == text
+    dense = json.loads((stages / "train-dense.json").read_text())["summary"]
+    assert dense["resumed_from"].endswith("checkpoint-5") and dense["steps"] == 12
+    assert sorted(p.stem for p in stages.glob("*.json")) == sorted(
+        ["mine", "teach", "train-dense", "train-sparse", "index", "retrieve", "evaluate", "report"])
+
+    # the report and its plots, the runs (TREC files) and the metrics with p-values against BM25
+    report = (work / "report.md").read_text()
+    assert "| BM25 (bm25s) |" in report and "Distill-VQ (IVFPQ), 8 B/vector" in report
+    assert "inference-free sparse student" in report and "resumed from" in report
+    for png in ("tiny-test-quality-vs-bytes.png", "tiny-test-qps-vs-recall.png", "training-loss.png"):
+        assert (work / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((work / "metrics.json").read_text())["tiny-test"]["runs"]
+    assert {"bm25", "ensemble", "dense-initial", "dense-flat", "dense-distill-vq-4", "sparse-inference-free"} <= set(metrics)
+    assert 0 <= metrics["dense-flat"]["p_vs_bm25"]["ndcg@10"] <= 1
+    first_line = (work / "runs" / "tiny-test" / "dense-ivfpq-8.run").read_text().splitlines()[0].split()
+    assert len(first_line) == 6 and first_line[1] == "Q0"
+    # exact search through the FAISS flat index equals the flat run of the student computed directly
+    from retrieval_kd.data import load_collection, read_run
+    from retrieval_kd.search.dense import dense_search
+
+    coll = load_collection(str(tmp_path / "beir"))
+    direct = dense_search(str(work / "models" / "dense"), coll, coll.queries("test"), 10, 32)
+    flat = read_run(work / "runs" / "tiny-test" / "dense-flat.run")
+    for q, docs in direct.items():
+        top = sorted(flat[q].items(), key=lambda kv: -kv[1])[:10]
+        assert [d for d, _ in top] == list(docs)[:10]
+
+    third = _rkd("pipeline", str(tiny_pipeline))                                 # all done: nothing runs
+    assert third.returncode == 0 and third.stderr.count("up to date") == 8, third.stderr[-2000:]
+    assert "| BM25 (bm25s) |" in third.stdout
+
+
+def test_a_changed_stage_config_reruns_that_stage_and_what_reads_it(tiny_pipeline, tmp_path):
+    base = load_pipeline_config(tiny_pipeline)
+    changed = load_pipeline_config(tiny_pipeline, {"index.nprobe": 3})
+    a, b = Pipeline(base), Pipeline(changed)
+    same = [s.name for s in a.stages if a.fingerprint(s.name) == b.fingerprint(s.name)]
+    assert same == ["mine", "teach", "train-dense", "train-sparse", "index"]   # nprobe is read at retrieval
+    teachers = load_pipeline_config(tiny_pipeline, {"teachers.fit_step": 0.25})
+    c = Pipeline(teachers)
+    assert [s.name for s in a.stages if a.fingerprint(s.name) == c.fingerprint(s.name)] == ["mine"]
+    # a marker with another fingerprint is stale; with the same one but a missing output, todo
+    marker = a.marker_path("mine")
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"fingerprint": "0" * 16}))
+    assert a.status("mine") == "stale"
+    marker.write_text(json.dumps({"fingerprint": a.fingerprint("mine")}))
+    assert a.status("mine") == "todo"
+    for p in a.stage("mine").outputs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("")
+    assert a.status("mine") == "done"
+
+
+@pytest.mark.parametrize("name", ["scifact-demo", "msmarco-trec-dl", "beir-zero-shot"])
+def test_shipped_configs_validate_and_dry_run(name, mirror):
+    out = _rkd("pipeline", str(CONFIGS / f"{name}.yaml"), "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads(out.stdout)
+    assert [r["stage"] for r in plan] == ["mine", "teach", "train-dense", "train-sparse", "index", "retrieve",
+                                          "evaluate", "report"]
+    assert all(r["outputs"] for r in plan) and all(r["status"] in ("todo", "done", "stale") for r in plan)
+    text = _rkd("pipeline", str(CONFIGS / f"{name}.yaml"), "--dry-run")
+    assert "valid" in text.stdout and "out: experiments/" in text.stdout
+
+
+def test_bad_configs_name_the_file_and_key(tiny_pipeline, tmp_path):
+    values = yaml.safe_load(tiny_pipeline.read_text())
+    cases = [
+        ({"index": {**values["index"], "nprobes": 3}}, "unknown key 'index.nprobes'"),
+        ({"eval": [{"dataset": "no-such-dataset", "split": "test"}]}, "eval[0]: dataset 'no-such-dataset'"),
+        ({"eval": [{"dataset": values["dataset"], "split": "train"}]}, "eval[0] is the training split"),
+        ({"teachers": {"members": ["bm25", "nonsense:model"]}}, "teachers.members[1] 'nonsense:model'"),
+        ({"index": {**values["index"], "types": ["flat", "annoy"]}}, "unknown type 'annoy'"),
+        ({"students": {"dense": {"config": str(tmp_path / "missing.yaml")}}}, "students.dense"),
+    ]
+    for change, message in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**values, **change}))
+        with pytest.raises(ValueError) as err:
+            load_pipeline_config(path)
+        assert message in str(err.value) and str(path) in str(err.value)
+    out = _rkd("pipeline", str(path), "--dry-run")
+    assert out.returncode == 2 and "rkd pipeline: error:" in out.stderr and "Traceback" not in out.stderr
