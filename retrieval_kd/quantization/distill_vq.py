@@ -8,6 +8,11 @@ quantised index, and ``q . C[list(d)]`` for the coarse quantiser (the IVF term).
 as in the paper) or Margin-MSE compares them. Labels are not needed: unlabeled queries, or pseudo-queries
 sampled from the corpus, train it as well (the paper's finding).
 
+Model selection without labels: with ``holdout`` > 0 that share of the training queries is kept out of training,
+and after every epoch (and before the first, i.e. the FAISS initialisation) the index's Recall@10 of the exact
+top-10 on them is measured at ``holdout_nprobe``; the best epoch's parameters are kept. Distill-VQ then never
+ends below its own initialisation on held-out queries.
+
 Assignments (lists and codes) are hard. By default they are fixed after the FAISS initialisation (as JPQ does,
 Zhan et al. 2021): gradients reach the selected codewords and centroids through the reconstruction, and the
 exported index stores exactly the codes the loss was optimised for. ``reassign=True`` re-encodes every vector
@@ -22,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass, field
 
@@ -57,6 +63,8 @@ class DistillVQConfig:
     lr_rotation: float = 1e-4
     pseudo_queries: int = 0
     reassign: bool = False
+    holdout: float = 0.0
+    holdout_nprobe: int = 8
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -130,6 +138,11 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
     if module is None:
         module = LearnableIVFPQ.from_faiss_training(docs, cfg.nlist, cfg.m, cfg.nbits, cfg.opq, cfg.metric,
                                                     seed=cfg.seed)
+    held = np.zeros((0, docs.shape[1]), dtype=np.float32)
+    if cfg.holdout > 0:
+        order = rng.permutation(len(queries))
+        n_held = max(1, int(round(cfg.holdout * len(queries))))
+        held, queries = queries[order[:n_held]], queries[order[n_held:]]
     _, top = exact_topk(queries, docs, min(cfg.top_k, len(docs)))
     d_t, q_t = torch.from_numpy(docs), torch.from_numpy(queries)
     if cfg.loss not in ("listnet", "margin-mse"):
@@ -143,6 +156,17 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
     optim = torch.optim.Adam(groups)
     history = []
     lists_t, codes_t = module.encode(d_t)  # hard assignments by FAISS's rules
+    best = None
+    if len(held):
+        _, held_top = exact_topk(held, docs, 10)
+        held_t = torch.from_numpy(held)
+
+        def held_recall() -> float:
+            _, found = module.search(held_t, lists_t, codes_t, 10, cfg.holdout_nprobe)
+            return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.numpy(), held_top)]))
+
+        best = (held_recall(), 0, copy.deepcopy(module.state_dict()))
+        history.append({"epoch": 0, "heldout_recall@10": best[0]})
     for epoch in range(cfg.epochs):
         if cfg.reassign and epoch:
             lists_t, codes_t = module.encode(d_t)
@@ -175,7 +199,17 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
             total += loss.item()
             steps += 1
         history.append({"epoch": epoch + 1, "loss": total / max(steps, 1)})
-        logger.info("distill-vq epoch %d: loss %.5f", epoch + 1, history[-1]["loss"])
+        if best is not None:
+            if cfg.reassign:
+                lists_t, codes_t = module.encode(d_t)
+            history[-1]["heldout_recall@10"] = recall = held_recall()
+            if recall > best[0]:
+                best = (recall, epoch + 1, copy.deepcopy(module.state_dict()))
+        logger.info("distill-vq epoch %d: %s", epoch + 1, history[-1])
+    if best is not None:
+        module.load_state_dict(best[2])
+        history.append({"selected_epoch": best[1], "heldout_recall@10": best[0]})
+        logger.info("distill-vq: kept epoch %d (held-out Recall@10 %.4f)", best[1], best[0])
     if cfg.reassign:
         lists_t, codes_t = module.encode(d_t)
     return DistillVQResult(module, lists_t.numpy(), codes_t.numpy(), history)
