@@ -112,6 +112,20 @@ def tiny_st_folder(tmp_path_factory):
     return folder / "st"
 
 
+def write_word_collection(folder: Path, rng, n_docs: int, doc_words: int, splits: dict) -> None:
+    """A BEIR folder of random-word documents; query ``qi`` takes three words of ``di``, its one positive (a
+    learnable signal). ``splits``: ``{split: range of query numbers}``."""
+    docs = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, doc_words))} for i in range(n_docs)]
+    write_jsonl(folder / "corpus.jsonl", docs)
+    n_queries = max(max(r) for r in splits.values()) + 1
+    queries = [{"_id": f"q{i}", "text": " ".join(rng.choice(docs[i]["text"].split(), 3))} for i in range(n_queries)]
+    write_jsonl(folder / "queries.jsonl", queries)
+    (folder / "qrels").mkdir()
+    for split, numbers in splits.items():
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in numbers))
+
+
 @pytest.fixture
 def tiny_distill(tmp_path, tiny_st_folder):
     """A 16-document BEIR folder, 12 judged train queries, and a score store with a hand-made ensemble teacher."""
@@ -119,14 +133,7 @@ def tiny_distill(tmp_path, tiny_st_folder):
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "beir"
-    docs = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, 6))} for i in range(16)]
-    write_jsonl(folder / "corpus.jsonl", docs)
-    # a query takes three words of its positive: a learnable signal
-    queries = [{"_id": f"q{i}", "text": " ".join(rng.choice(docs[i]["text"].split(), 3))} for i in range(12)]
-    write_jsonl(folder / "queries.jsonl", queries)
-    (folder / "qrels").mkdir()
-    (folder / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(12)))
+    write_word_collection(folder, rng, n_docs=16, doc_words=6, splits={"train": range(12)})
     store = tmp_path / "scores"
     with ScoreStore(store) as s:
         s.register("ensemble-test", "ensemble(test)", {})

@@ -14,7 +14,7 @@ import yaml
 
 from retrieval_kd.pipeline import Pipeline, load_pipeline_config
 
-from .conftest import ROOT, WORDS, write_jsonl
+from .conftest import ROOT, write_word_collection
 
 CONFIGS = ROOT / "configs" / "pipeline"
 
@@ -22,17 +22,9 @@ CONFIGS = ROOT / "configs" / "pipeline"
 @pytest.fixture
 def tiny_pipeline(tmp_path, tiny_st_folder, tiny_mlm):
     """A 300-document BEIR folder with train and test splits, and a pipeline config over tiny models."""
-    rng = np.random.default_rng(0)
     data = tmp_path / "beir"
-    docs = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(WORDS, 8))} for i in range(300)]
-    write_jsonl(data / "corpus.jsonl", docs)
-    queries = [{"_id": f"q{i}", "text": " ".join(rng.choice(docs[i]["text"].split(), 3))} for i in range(40)]
-    write_jsonl(data / "queries.jsonl", queries)
-    (data / "qrels").mkdir()
-    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n"
-                                              + "".join(f"q{i}\td{i}\t1\n" for i in range(30)))
-    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
-                                             + "".join(f"q{i}\td{i}\t1\n" for i in range(30, 40)))
+    write_word_collection(data, np.random.default_rng(0), n_docs=300, doc_words=8,
+                          splits={"train": range(30), "test": range(30, 40)})
     training = {"per_device_train_batch_size": 4, "max_steps": 12, "learning_rate": 1e-3, "logging_steps": 1,
                 "save_strategy": "steps", "save_steps": 5, "seed": 7, "dataloader_pin_memory": False,
                 "use_cpu": True}

@@ -223,21 +223,9 @@ def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | Non
     Checks: required keys, unknown keys, dataset references resolvable offline, teacher specs parseable (no model
     is loaded), student configs loadable, index types and sizes. ``overrides``: dotted keys set after loading.
     """
-    import yaml
+    from retrieval_kd.utils.yaml_config import read_config
 
-    if isinstance(source, dict):
-        values, where = dict(source), "config"
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such pipeline config")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a pipeline config is a mapping of keys")
-        where = str(path)
+    values, where = read_config(source, "pipeline config")
     for dotted, value in (overrides or {}).items():
         node = values
         *heads, last = dotted.split(".")

@@ -112,6 +112,20 @@ def _speed_table(speed: dict) -> str:
     return "\n".join(lines)
 
 
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, bm25: float | None = None) -> list[Path]:
     import matplotlib
 
@@ -133,15 +147,8 @@ def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, b
         if bm25 is not None:
             ax.axhline(bm25, color="grey", linestyle="--", linewidth=1, label="BM25")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("index bytes per vector")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{eval_name}: {metric} against code size")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        made.append(out / f"{eval_name}-quality-vs-bytes.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, ax, out / f"{eval_name}-quality-vs-bytes.png", "index bytes per vector", metric,
+                          f"{eval_name}: {metric} against code size"))
     curves = {k: v for k, v in speed.items() if any("recall@10" in p for p in v["points"])}
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -149,15 +156,8 @@ def _plots(work: Path, metric: str, eval_name: str, points: list, speed: dict, b
             pts = [p for p in entry["points"] if "recall@10" in p]
             ax.plot([p["recall@10"] for p in pts], [p["qps"] for p in pts], marker="o", label=_index_label(key))
         ax.set_yscale("log")
-        ax.set_xlabel("Recall@10 (share of exact top-10)")
-        ax.set_ylabel("queries / s (1 thread)")
-        ax.set_title(f"{eval_name}: speed against recall (nprobe sweep)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        made.append(out / f"{eval_name}-qps-vs-recall.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, ax, out / f"{eval_name}-qps-vs-recall.png", "Recall@10 (share of exact top-10)",
+                          "queries / s (1 thread)", f"{eval_name}: speed against recall (nprobe sweep)"))
     return made
 
 

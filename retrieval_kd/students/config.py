@@ -32,7 +32,6 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 __all__ = ["DataConfig", "DenseTrainingConfig", "LossConfig", "SamplerConfig", "SparseLossConfig",
@@ -261,19 +260,9 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
         source: YAML path or a mapping.
         overrides: dotted keys to set after loading, e.g. ``{"loss.name": "kl", "training.seed": 1}``.
     """
-    import yaml
+    from retrieval_kd.utils.yaml_config import read_config
 
-    if isinstance(source, dict):
-        values, where = dict(source), "config"
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such config file")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
-        where = str(path)
+    values, where = read_config(source)
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
     for dotted, value in (overrides or {}).items():
         head, _, tail = dotted.partition(".")
