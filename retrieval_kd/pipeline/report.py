@@ -193,7 +193,9 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
 
     work = Path(work)
     metrics = _load(work / "metrics.json", {})
-    markers = {p.stem: _load(p) for p in sorted((work / "stages").glob("*.json"))}
+    from retrieval_kd.pipeline.stages import STAGE_ORDER
+
+    markers = {n: _load(work / "stages" / f"{n}.json") for n in STAGE_ORDER if (work / "stages" / f"{n}.json").exists()}
     teach = (markers.get("teach") or {}).get("summary", {})
     logs = {k: _load(work / "models" / f"{k}-log.json", []) for k in ("dense", "sparse")}
     hw = hardware_info(("retrieval-kd", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu",
@@ -253,7 +255,7 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
         if m and name != "report":
             total += float(m.get("seconds", 0))
             lines.append(f"| {name} | {m.get('seconds')} | {m.get('fingerprint')} |")
-    lines += [f"| total (without report) | {total:.1f} | |", "", "## Hardware and versions", "",
+    lines += [f"| total (each stage's last run, report excluded) | {total:.1f} | |", "", "## Hardware and versions", "",
               f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores), torch threads {hw.get('torch_threads')}, "
               f"GPU: {hw.get('cuda') or 'none'}",
               f"- Python {hw.get('python')} on {hw.get('platform')}",
