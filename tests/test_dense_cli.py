@@ -57,3 +57,26 @@ def test_baselines_have_the_asked_code_size():
     for kind in ("ivfpq", "opq-ivfpq", "pq"):
         assert bytes_per_vector(build_faiss_index(kind, x, nlist=8, m=8)) == 8
     assert bytes_per_vector(build_faiss_index("flat", x)) == 32 * 4
+
+
+def test_cache_keys_do_not_depend_on_how_a_local_model_path_is_spelt(tiny_st_folder, tiny_beir, monkeypatch):
+    """A model folder named relatively (as the pipeline does) and absolutely (as a script may) shares one cache
+    entry; a retrained folder (new files) gets a new one."""
+    import os
+
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.encoders.embeddings import embedding_cache_path
+    from retrieval_kd.encoders.sparse import _cache_path
+
+    corpus = load_collection(str(tiny_beir)).corpus
+    monkeypatch.chdir(tiny_st_folder.parent)
+    relative = os.path.relpath(tiny_st_folder)
+    assert relative != str(tiny_st_folder)
+    assert embedding_cache_path(relative, corpus, 32, True) == embedding_cache_path(str(tiny_st_folder), corpus, 32, True)
+    assert _cache_path(relative, corpus, 32) == _cache_path(str(tiny_st_folder.resolve()), corpus, 32)
+    before = embedding_cache_path(relative, corpus, 32, True)
+    (tiny_st_folder / "extra.json").write_text("{}")
+    try:
+        assert embedding_cache_path(relative, corpus, 32, True) != before
+    finally:
+        (tiny_st_folder / "extra.json").unlink()

@@ -66,13 +66,14 @@ def load_encoder(model: str, max_seq_length: int | None = 256, device: str | Non
 
 
 def embedding_cache_path(model: str, corpus, max_seq_length: int | None, normalize: bool) -> Path:
-    from retrieval_kd.models.revision import model_revision
+    from retrieval_kd.models.revision import model_cache_id, model_revision
     from retrieval_kd.paths import cache_dir
 
-    key = json.dumps({"model": model, "revision": model_revision(model), "max_seq_length": max_seq_length,
+    model_key, label = model_cache_id(model)
+    key = json.dumps({"model": model_key, "revision": model_revision(model), "max_seq_length": max_seq_length,
                       "normalize": normalize, "corpus": corpus.store_path.name}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)[-60:]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[-60:]
     return cache_dir() / "embeddings" / f"{safe}-{digest}.npy"
 
 
@@ -103,11 +104,12 @@ def corpus_embeddings(model: str, corpus, max_seq_length: int | None = 256, norm
 def query_embeddings(model: str, queries: dict[str, str], max_seq_length: int | None = 256, normalize: bool = True,
                      batch_size: int = 64, encoder=None, prompt: str | None = None) -> np.ndarray:
     """Embeddings of queries (in the dict's order), cached on disk by model and query texts."""
-    from retrieval_kd.models.revision import model_revision
+    from retrieval_kd.models.revision import model_cache_id, model_revision
     from retrieval_kd.paths import cache_dir
 
-    key = json.dumps({"model": model, "revision": model_revision(model), "max_seq_length": max_seq_length,
-                      "normalize": normalize, "prompt": prompt, "queries": list(queries.items())}, sort_keys=True)
+    key = json.dumps({"model": model_cache_id(model)[0], "revision": model_revision(model),
+                      "max_seq_length": max_seq_length, "normalize": normalize, "prompt": prompt,
+                      "queries": list(queries.items())}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir() / "embeddings" / f"queries-{digest}.npy"
     if path.exists():

@@ -65,13 +65,14 @@ def to_scipy(tensor) -> sp.csr_matrix:
 
 
 def _cache_path(model: str, corpus, max_seq_length: int | None) -> Path:
-    from retrieval_kd.models.revision import model_revision
+    from retrieval_kd.models.revision import model_cache_id, model_revision
     from retrieval_kd.paths import cache_dir
 
-    key = json.dumps({"model": model, "revision": model_revision(model), "max_seq_length": max_seq_length,
+    model_key, label = model_cache_id(model)
+    key = json.dumps({"model": model_key, "revision": model_revision(model), "max_seq_length": max_seq_length,
                       "corpus": corpus.store_path.name, "kind": "sparse-doc"}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / "sparse" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)[-60:]}-{digest}.npz"
+    return cache_dir() / "sparse" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[-60:]}-{digest}.npz"
 
 
 def _save_npz(path: Path, matrix: sp.spmatrix) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["model_revision"]
+__all__ = ["model_revision", "model_cache_id"]
 
 
 def model_revision(model_name_or_path: str) -> str:
@@ -33,3 +33,15 @@ def model_revision(model_name_or_path: str) -> str:
     except Exception:  # noqa: BLE001 - revision is informative, never fatal
         logger.debug("no cached revision for %s", model_name_or_path, exc_info=True)
     return "unknown"
+
+
+def model_cache_id(model_name_or_path: str) -> tuple[str, str]:
+    """``(key, label)`` naming a model in cache keys and cache file names.
+
+    A hub id is its own key. A local folder is keyed by its revision alone (its file listing), not by how its
+    path was spelt, so ``experiments/x/model`` and ``/abs/.../experiments/x/model`` share one cache entry.
+    """
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        return model_revision(model_name_or_path), path.resolve().name
+    return str(model_name_or_path), str(model_name_or_path)
