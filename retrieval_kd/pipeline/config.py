@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EvalSet", "PipelineConfig", "load_pipeline_config", "check_dataset_ref"]
+from retrieval_kd.index.dense import INDEX_TYPES as _INDEX_KINDS
 
-_INDEX_KINDS = ("flat", "hnsw", "pq", "ivfpq", "opq-ivfpq", "distill-vq")
+__all__ = ["EvalSet", "PipelineConfig", "load_pipeline_config", "check_dataset_ref"]
 
 
 @dataclass
