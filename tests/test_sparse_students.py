@@ -122,3 +122,61 @@ def test_tiny_sparse_student_trains_and_loads_as_sparse_encoder(tiny_mlm, tiny_d
     fish = QueryTokenizer.from_sparse_encoder(model).tokenizer.convert_tokens_to_ids("fish")
     assert float(q[fish]) == pytest.approx(idf["fish"])            # the saved query side is IDF
     assert "Inference-free sparse distillation" in (tmp_path / "sparse" / "README.md").read_text()
+
+
+def test_windowed_document_vectors_are_the_max_over_their_windows(tiny_mlm, tmp_path):
+    """A document longer than max_seq_length becomes consecutive windows whose SPLADE vectors are max-pooled; a
+    short one is encoded as one piece, exactly as without windows."""
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.encoders.sparse import max_pool_rows, siamese_splade, sparse_corpus_vectors, window_texts
+
+    from .conftest import write_word_collection
+
+    folder, tok = tiny_mlm
+    rng = np.random.default_rng(3)
+    data = tmp_path / "words"
+    data.mkdir()
+    write_word_collection(data, rng, n_docs=6, doc_words=40, splits={"test": range(2)})
+    # document d0 short (fits one 16-token window), the others 40 words -> three windows of 14 words
+    lines = (data / "corpus.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({"_id": "d0", "title": "", "text": "fish pond water"})
+    (data / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    collection = load_collection(str(data))
+    texts = collection.corpus.texts()
+    pieces, owners = window_texts(tok, texts, max_seq_length=16, max_windows=5)
+    assert owners.tolist() == [0] + [i for i in range(1, 6) for _ in range(3)]
+    assert pieces[0] == texts[0]
+    words = texts[1].split()
+    assert pieces[1:4] == [" ".join(words[:14]), " ".join(words[14:28]), " ".join(words[28:])]
+    assert window_texts(tok, texts, 16, 2)[1].tolist() == [0] + [i for i in range(1, 6) for _ in range(2)]
+
+    model = siamese_splade(str(folder), max_seq_length=16)
+    got = sparse_corpus_vectors(str(folder), collection.corpus, 16, encoder=model, windows=5).toarray()
+    each = model.encode_document(pieces, convert_to_tensor=True).to_dense().numpy()
+    expected = np.stack([each[owners == i].max(axis=0) for i in range(6)])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    truncated = sparse_corpus_vectors(str(folder), collection.corpus, 16, encoder=model).toarray()
+    np.testing.assert_allclose(got[0], truncated[0], rtol=1e-5, atol=1e-6)  # the short document is unchanged
+    np.testing.assert_allclose(truncated[1:], each[[1, 4, 7, 10, 13]], rtol=1e-5, atol=1e-6)  # = first window
+    assert (got[1:] >= truncated[1:] - 1e-6).all() and (got[1:] > truncated[1:] + 1e-6).any()
+
+    # max pooling of sparse rows, against dense numpy (explicit zeros and empty owners included)
+    m = sp.csr_matrix(np.array([[0, 2, 0], [1, 0, 3], [0, 5, 1], [0, 0, 0]], dtype=np.float32))
+    pooled = max_pool_rows(m, np.array([0, 0, 2, 2]), 3).toarray()
+    np.testing.assert_array_equal(pooled, [[1, 2, 3], [0, 0, 0], [0, 5, 1]])
+    with pytest.raises(ValueError, match="windows must be >= 1"):
+        sparse_corpus_vectors(str(folder), collection.corpus, 16, encoder=model, windows=0)
+
+    # the CLI builds the same windowed index, and records how it encoded
+    from retrieval_kd.cli.main import main
+    from retrieval_kd.index.sparse import SparseIndex as Index
+
+    out = tmp_path / "idx"
+    assert main(["-q", "index", "build", "sparse", "--model", str(folder), "--dataset", str(data),
+                 "--max-seq-length", "16", "--windows", "5", "--output", str(out)]) == 0
+    built, meta = Index.load(out)
+    assert meta["windows"] == 5 and meta["max_seq_length"] == 16
+    q_ids = np.arange(5, got.shape[1])
+    q_w = np.random.default_rng(0).uniform(0.5, 2.0, len(q_ids)).astype(np.float32)
+    np.testing.assert_allclose(built.scores(q_ids, q_w), got[:, q_ids] @ q_w, rtol=1e-5)
+    assert not np.allclose(built.scores(q_ids, q_w), truncated[:, q_ids] @ q_w, rtol=1e-3)

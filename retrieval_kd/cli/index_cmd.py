@@ -52,6 +52,11 @@ def add_parser(sub) -> None:
                        choices=["flat", "hnsw", "ivfpq", "opq-ivfpq", "pq", "distill-vq", "sparse"],
                        help="`rkd index build sparse ...` is --type sparse: an inverted index of SparseEncoder vectors")
     build.add_argument("--prune", type=int, default=None, help="sparse: keep each document's K largest weights")
+    build.add_argument("--max-seq-length", type=int, default=None,
+                       help="sparse: document tokens per window (default: the model's max_seq_length)")
+    build.add_argument("--windows", type=int, default=1,
+                       help="sparse: encode a document longer than the model's max_seq_length as up to N windows, "
+                            "max-pooled (default 1: truncate)")
     build.add_argument("--export", choices=["rank-features", "anserini"], default=None,
                        help="sparse: also write the document vectors for OpenSearch/Elasticsearch or Anserini")
     build.add_argument("--vq", type=Path, help="a folder written by `rkd vq train` (for --type distill-vq)")
@@ -92,11 +97,15 @@ def _build_sparse(args) -> int:
         raise ValueError("sparse indexes need --model (a SparseEncoder folder or MLM id) and --dataset")
     collection = load_collection(args.dataset)
     encoder = load_sparse_encoder(args.model)
-    vectors = sparse_corpus_vectors(args.model, collection.corpus, encoder=encoder)
+    if args.max_seq_length:
+        encoder.max_seq_length = args.max_seq_length
+    vectors = sparse_corpus_vectors(args.model, collection.corpus, encoder.max_seq_length, encoder=encoder,
+                                    windows=args.windows)
     tokenizer = encoder.tokenizer
     vocab = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
     index = SparseIndex.build(vectors, collection.corpus.ids, prune=args.prune, vocab=vocab)
-    index.save(args.output, {"encoder": args.model, "dataset": args.dataset, "prune": args.prune})
+    index.save(args.output, {"encoder": args.model, "dataset": args.dataset, "prune": args.prune,
+                             "max_seq_length": encoder.max_seq_length, "windows": args.windows})
     print(f"wrote {args.output} (sparse, {index.n_docs} documents, {index.nnz_per_doc():.1f} non-zeros each)")
     if args.export:
         out = Path(args.output) / ("rank_features.jsonl" if args.export == "rank-features" else "anserini.jsonl")

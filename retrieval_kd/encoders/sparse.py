@@ -19,8 +19,8 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_sparse_encoder", "siamese_splade", "sparse_corpus_vectors", "sparse_query_vectors", "sparse_rows",
-           "to_scipy"]
+__all__ = ["load_sparse_encoder", "max_pool_rows", "siamese_splade", "sparse_corpus_vectors", "sparse_query_vectors",
+           "sparse_rows", "to_scipy", "window_texts"]
 
 
 def siamese_splade(model: str = "rkd-local/splade-tiny", max_seq_length: int = 256, device: str | None = None):
@@ -45,11 +45,11 @@ def load_sparse_encoder(model: str, device: str | None = None):
     path = Path(model)
     if (path / "modules.json").exists():
         return SparseEncoder(model, device=device)
-    from huggingface_hub import try_to_load_from_cache
+    if not path.is_dir():  # a hub id: a cached sentence-transformers model, or a bare MLM checkpoint
+        from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(model, "modules.json")
-    if isinstance(cached, str):
-        return SparseEncoder(model, device=device)
+        if isinstance(try_to_load_from_cache(model, "modules.json"), str):
+            return SparseEncoder(model, device=device)
     return siamese_splade(model, device=device)
 
 
@@ -64,13 +64,48 @@ def to_scipy(tensor) -> sp.csr_matrix:
     return sp.csr_matrix(torch.as_tensor(tensor).cpu().numpy().astype(np.float32))
 
 
-def _cache_path(model: str, corpus, max_seq_length: int | None) -> Path:
+def window_texts(tokenizer, texts: list[str], max_seq_length: int, max_windows: int) -> tuple[list[str], np.ndarray]:
+    """Split each text into at most ``max_windows`` consecutive, non-overlapping windows that each fit
+    ``max_seq_length`` tokens with the special tokens; returns the window texts and, per window, the index of the
+    text it came from. A text that fits is its own single window, unchanged."""
+    body = max_seq_length - tokenizer.num_special_tokens_to_add()
+    if body < 1:
+        raise ValueError(f"max_seq_length {max_seq_length} leaves no room for text next to the special tokens")
+    windows, owners = [], []
+    for i, ids in enumerate(tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]):
+        n = max(1, min(max_windows, -(-len(ids) // body)))
+        if n == 1:
+            windows.append(texts[i])
+        else:
+            windows.extend(tokenizer.decode(ids[w * body:(w + 1) * body]) for w in range(n))
+        owners.extend([i] * n)
+    return windows, np.asarray(owners, dtype=np.int64)
+
+
+def max_pool_rows(matrix: sp.spmatrix, owners: np.ndarray, n_rows: int) -> sp.csr_matrix:
+    """Element-wise maximum of the rows that share an owner: row ``owners[i]`` of the result is the max over every
+    row i it owns (non-negative SPLADE weights, so a missing entry counts as 0)."""
+    coo = sp.coo_matrix(matrix)
+    rows = owners[coo.row]
+    order = np.lexsort((coo.col, rows))
+    rows, cols, vals = rows[order], coo.col[order], coo.data[order]
+    if len(vals) == 0:
+        return sp.csr_matrix((n_rows, matrix.shape[1]), dtype=np.float32)
+    start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])])
+    pooled = np.maximum.reduceat(vals, start)
+    return sp.csr_matrix((pooled.astype(np.float32), (rows[start], cols[start])), shape=(n_rows, matrix.shape[1]))
+
+
+def _cache_path(model: str, corpus, max_seq_length: int | None, windows: int = 1) -> Path:
     from retrieval_kd.models.revision import model_cache_id, model_revision
     from retrieval_kd.paths import cache_dir
 
     model_key, label = model_cache_id(model)
-    key = json.dumps({"model": model_key, "revision": model_revision(model), "max_seq_length": max_seq_length,
-                      "corpus": corpus.store_path.name, "kind": "sparse-doc"}, sort_keys=True)
+    fields = {"model": model_key, "revision": model_revision(model), "max_seq_length": max_seq_length,
+              "corpus": corpus.store_path.name, "kind": "sparse-doc"}
+    if windows > 1:  # keys of truncated encodings stay those of earlier releases
+        fields["windows"] = windows
+    key = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / "sparse" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[-60:]}-{digest}.npz"
 
@@ -83,11 +118,21 @@ def _save_npz(path: Path, matrix: sp.spmatrix) -> None:
 
 
 def sparse_corpus_vectors(model: str, corpus, max_seq_length: int | None = 256, batch_size: int = 32,
-                          chunk_size: int = 1024, encoder=None) -> sp.csr_matrix:
-    """Document vectors ``(len(corpus), vocab)`` (row i = the corpus's i-th document), cached on disk."""
+                          chunk_size: int = 1024, encoder=None, windows: int = 1) -> sp.csr_matrix:
+    """Document vectors ``(len(corpus), vocab)`` (row i = the corpus's i-th document), cached on disk.
+
+    ``windows`` > 1 encodes a document longer than ``max_seq_length`` tokens as up to that many consecutive
+    windows and max-pools their vectors, which is SPLADE's own max pooling carried across windows (the
+    "SPLADE-max over segments" aggregation of Nguyen et al. 2023, "Adapting Learned Sparse Retrieval for Long
+    Documents"). ``windows=1`` truncates, as sentence-transformers does.
+    """
     from retrieval_kd.encoders.embeddings import encode_in_parts, remove_parts
 
-    path = _cache_path(model, corpus, max_seq_length)
+    if windows < 1:
+        raise ValueError(f"windows must be >= 1, got {windows}")
+    if windows > 1 and not max_seq_length:
+        raise ValueError("windows > 1 needs a max_seq_length to cut documents at")
+    path = _cache_path(model, corpus, max_seq_length, windows)
     if path.exists():
         return sp.load_npz(path).tocsr()
     ids = corpus.ids
@@ -98,8 +143,12 @@ def sparse_corpus_vectors(model: str, corpus, max_seq_length: int | None = 256, 
             encoder = load_sparse_encoder(model)
             if max_seq_length:
                 encoder.max_seq_length = max_seq_length
-        return to_scipy(encoder.encode_document(corpus.texts(ids[start:stop]), batch_size=batch_size,
-                                                convert_to_sparse_tensor=True))
+        texts = corpus.texts(ids[start:stop])
+        if windows == 1:
+            return to_scipy(encoder.encode_document(texts, batch_size=batch_size, convert_to_sparse_tensor=True))
+        pieces, owners = window_texts(encoder.tokenizer, texts, max_seq_length, windows)
+        vectors = to_scipy(encoder.encode_document(pieces, batch_size=batch_size, convert_to_sparse_tensor=True))
+        return max_pool_rows(vectors, owners, len(texts))
 
     parts_dir = path.with_suffix(".parts")
     parts = encode_in_parts(len(ids), chunk_size, parts_dir, ".npz", encode, _save_npz, sp.load_npz,
