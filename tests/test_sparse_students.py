@@ -13,7 +13,7 @@ from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex, prune_top_k
 from retrieval_kd.students.idf import bm25_idf, compute_idf, load_idf, save_idf
 from retrieval_kd.students.sparse import build_inference_free_model, flops
 
-from .conftest import WORDS
+from .conftest import WORDS, write_word_collection
 
 
 def test_idf_equals_hand_computed_values(tiny_mlm, tmp_path):
@@ -130,8 +130,6 @@ def test_windowed_document_vectors_are_the_max_over_their_windows(tiny_mlm, tmp_
     from retrieval_kd.data import load_collection
     from retrieval_kd.encoders.sparse import max_pool_rows, siamese_splade, sparse_corpus_vectors, window_texts
 
-    from .conftest import write_word_collection
-
     folder, tok = tiny_mlm
     rng = np.random.default_rng(3)
     data = tmp_path / "words"
@@ -169,12 +167,11 @@ def test_windowed_document_vectors_are_the_max_over_their_windows(tiny_mlm, tmp_
 
     # the CLI builds the same windowed index, and records how it encoded
     from retrieval_kd.cli.main import main
-    from retrieval_kd.index.sparse import SparseIndex as Index
 
     out = tmp_path / "idx"
     assert main(["-q", "index", "build", "sparse", "--model", str(folder), "--dataset", str(data),
                  "--max-seq-length", "16", "--windows", "5", "--output", str(out)]) == 0
-    built, meta = Index.load(out)
+    built, meta = SparseIndex.load(out)
     assert meta["windows"] == 5 and meta["max_seq_length"] == 16
     q_ids = np.arange(5, got.shape[1])
     q_w = np.random.default_rng(0).uniform(0.5, 2.0, len(q_ids)).astype(np.float32)
