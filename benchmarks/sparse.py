@@ -1,6 +1,6 @@
 """Inference-free sparse students on SciFact: quality, FLOPS, and query latency against BM25.
 
-Usage: python benchmarks/sparse.py [--config configs/sparse/scifact-demo.yaml] [--skip-ablation]
+Usage: python benchmarks/sparse.py [--config configs/sparse/scifact-demo.yaml] [--skip-ablation] [--reuse-students]
 
 Rows (nDCG@10 on SciFact test, exact top-1000 from the inverted index of retrieval_kd.index.sparse):
 * BM25 (bm25s, k1 0.9, b 0.4, stemmed);
@@ -9,7 +9,9 @@ Rows (nDCG@10 on SciFact test, exact top-1000 from the inverted index of retriev
 * the inference-free student: SPLADE-tiny documents trained from the heterogeneous ensemble (all-MiniLM-L6-v2 +
   SPLADE-tiny, per-query min-max) with the IDF-aware penalty (the config);
 * ablation: plain FLOPS (binary query weights) instead of IDF-aware; a single dense teacher (MiniLM) instead of
-  the ensemble. Same steps and lambda_d; FLOPS is reported for each (matched FLOPS would need a lambda_d sweep).
+  the ensemble. Same steps and lambda_d; FLOPS is reported for each. At matched FLOPS: of each pair (the
+  student vs an ablation row), the denser one's document weights are pruned below one global threshold until
+  its FLOPS equals the sparser one's (``prune_to_flops``), and both are scored at that cost.
 
 FLOPS = sum over tokens of p_d(t) p_q(t) (Paria et al. 2020; the share of documents / queries where the token is
 non-zero). Latency: the same 300 test queries, one thread, top-100: tokenise + search over our inverted index,
@@ -65,6 +67,8 @@ def main() -> None:
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--latency-only", action="store_true",
                         help="re-measure latency with the student already trained, updating sparse.json")
+    parser.add_argument("--reuse-students", action="store_true",
+                        help="load a student whose folder holds a finished run of the same config instead of training")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "sparse.json")
     args = parser.parse_args()
@@ -88,7 +92,7 @@ def main() -> None:
     from retrieval_kd.search import bm25_index_for
     from retrieval_kd.students import load_sparse_config, train_sparse
     from retrieval_kd.students.idf import idf_vector
-    from retrieval_kd.students.sparse import flops, idf_for
+    from retrieval_kd.students.sparse import flops, idf_for, prune_to_flops
     from retrieval_kd.utils.hardware import hardware_info
 
     config = load_sparse_config(args.config, {"resume": "never"})
@@ -140,7 +144,14 @@ def main() -> None:
     def student(name: str, overrides: dict) -> dict:
         cfg = load_sparse_config(args.config, {"resume": "never", "output_dir": f"{config.output_dir}-{name}",
                                                **overrides})
-        summary = train_sparse(cfg, collection)
+        done = Path(cfg.output_dir) / "rkd_training.json"
+        earlier = json.loads(done.read_text()) if args.reuse_students and done.exists() else {}
+        same = "config" in earlier and load_sparse_config(earlier["config"]).to_dict() == cfg.to_dict()
+        if same:  # (loaded through the config class, so fields added since then take their defaults)
+            logging.info("student %s: reusing the finished run in %s", name, cfg.output_dir)
+            summary = earlier["summary"]
+        else:
+            summary = train_sparse(cfg, collection)
         model = load_sparse_encoder(cfg.output_dir)
         vectors = sparse_corpus_vectors(cfg.output_dir, collection.corpus, cfg.max_seq_length, encoder=model)
         query_side = QueryTokenizer.from_sparse_encoder(model)
@@ -155,7 +166,17 @@ def main() -> None:
                 "nnz_per_doc": round(vectors.nnz / vectors.shape[0], 1),
                 "nnz_per_query": round(qmat.nnz / qmat.shape[0], 1), "train_seconds": summary["train_seconds"],
                 "steps": summary["steps"], "teacher": summary["teacher"], "idf_aware": summary["idf_aware"],
-                "_index": idx, "_query_side": query_side}
+                "_index": idx, "_query_side": query_side, "_vectors": vectors, "_qmat": qmat, "_encoded": encoded}
+
+    def matched(a: dict, b: dict) -> dict:
+        """Both students at the sparser one's FLOPS: the denser one's document weights pruned to it."""
+        dense_name, sparse_name = ("a", "b") if a["flops"] > b["flops"] else ("b", "a")
+        denser, sparser = (a, b) if dense_name == "a" else (b, a)
+        pruned, threshold, value = prune_to_flops(denser["_vectors"], denser["_qmat"], sparser["flops"])
+        score = ndcg(SparseIndex(pruned, collection.corpus.ids, vocab_tokens).search_many(denser["_encoded"]))
+        return {"flops": round(value, 3), dense_name: score, sparse_name: sparser["ndcg@10"],
+                "pruned": dense_name, "threshold": round(threshold, 4),
+                "nnz_per_doc_pruned": round(pruned.nnz / pruned.shape[0], 1)}
 
     main_run = student("idf-ensemble", {})
     results["inference_free"] = main_run["ndcg@10"]
@@ -166,6 +187,9 @@ def main() -> None:
         ablation["plain FLOPS, ensemble teacher"] = student("plain-ensemble", {"loss.idf_aware": False})
         ablation["idf-aware, MiniLM teacher only"] = student("idf-minilm", {"data.teacher": f"bi-encoder:{MINILM}"})
 
+    results["ablation_matched_flops"] = {
+        f"{name} (b) vs the student (a)": matched(main_run, row)
+        for name, row in ablation.items() if row is not main_run}
     latency = measure_latency(main_run["_index"], main_run["_query_side"], bm25_index, queries, args.repeats)
     results["latency_ratio_vs_bm25"] = latency.pop("ratio")
     results["ablation"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in ablation.items()}
@@ -178,6 +202,7 @@ def main() -> None:
                   fh, indent=1, default=str)
     print(json.dumps({k: v for k, v in results.items() if k not in ("ablation", "details")}))
     print(json.dumps(results["ablation"], indent=1))
+    print(json.dumps(results["ablation_matched_flops"], indent=1))
     print(json.dumps(latency))
 
 

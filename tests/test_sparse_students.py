@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from retrieval_kd.encoders.sparse import load_sparse_encoder
 from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex, prune_top_k
 from retrieval_kd.students.idf import bm25_idf, compute_idf, load_idf, save_idf
 from retrieval_kd.students.sparse import build_inference_free_model, flops
@@ -39,6 +40,23 @@ def test_flops_equals_hand_computed_values():
     assert flops(docs) == pytest.approx(0.5**2 + 1**2)
     queries = sp.csr_matrix(np.array([[1.0, 1, 0]]))
     assert flops(docs, queries) == pytest.approx(0.5 * 1 + 0 * 1 + 1 * 0)
+
+
+def test_prune_to_flops_drops_the_smallest_weights_down_to_the_target():
+    from retrieval_kd.students.sparse import prune_to_flops
+
+    docs = sp.csr_matrix(np.array([[3, 1, 0, 0], [2, 0, 0.5, 0], [0, 0, 0, 4]], dtype=np.float32))
+    queries = sp.csr_matrix(np.ones((2, 4), dtype=np.float32))
+    assert flops(docs, queries) == pytest.approx(5 / 3)          # p_d = 2/3, 1/3, 1/3, 1/3; p_q = 1
+    pruned, threshold, value = prune_to_flops(docs, queries, target=1.0)
+    assert threshold == 2.0 and value == pytest.approx(1.0)      # 1 and 0.5 go: p_d = 2/3, 0, 0, 1/3
+    assert pruned.toarray().tolist() == [[3, 0, 0, 0], [2, 0, 0, 0], [0, 0, 0, 4]]
+    pruned, threshold, value = prune_to_flops(docs, queries, target=1.2)   # at most the target
+    assert threshold == 2.0 and value == pytest.approx(1.0)
+    same, threshold, value = prune_to_flops(docs, queries, target=2.0)     # already cheaper: unchanged
+    assert threshold == 0.0 and (same != docs).nnz == 0 and value == pytest.approx(5 / 3)
+    with pytest.raises(ValueError, match="positive"):
+        prune_to_flops(docs, queries, target=0)
 
 
 def test_flops_regulariser_equals_hand_computed_value():
@@ -122,6 +140,29 @@ def test_tiny_sparse_student_trains_and_loads_as_sparse_encoder(tiny_mlm, tiny_d
     fish = QueryTokenizer.from_sparse_encoder(model).tokenizer.convert_tokens_to_ids("fish")
     assert float(q[fish]) == pytest.approx(idf["fish"])            # the saved query side is IDF
     assert "Inference-free sparse distillation" in (tmp_path / "sparse" / "README.md").read_text()
+
+
+def test_query_weights_stay_idf_unless_given_a_learning_rate_then_only_seen_tokens_move(tiny_mlm, tiny_distill,
+                                                                                         tmp_path):
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.students import load_sparse_config, train_sparse
+
+    folder, tok = tiny_mlm
+    values = dict(tiny_distill, model=str(folder), output_dir=str(tmp_path / "sparse"))
+    values["loss"] = {"name": "margin-mse", "idf_aware": True, "document_regularizer_weight": 1e-3}
+    values["sampler"] = dict(values["sampler"])
+    config = load_sparse_config(values, {"training.max_steps": 4, "query_learning_rate": 0.5,
+                                         "training.learning_rate": 1e-9})
+    train_sparse(config)
+    idf = load_idf(tmp_path / "sparse-idf.json")
+    learned = QueryTokenizer.from_sparse_encoder(load_sparse_encoder(str(tmp_path / "sparse"))).weights
+    seen = {t for q in load_collection(values["data"]["dataset"]).queries("train").values() for t in q.split()}
+    vocab = tok.get_vocab()
+    moved = {t for t in idf if t in vocab and abs(float(learned[vocab[t]]) - idf[t]) > 1e-3}
+    assert moved and moved <= seen                  # only tokens of training queries moved ...
+    assert max(abs(float(learned[vocab[t]]) - idf[t]) for t in moved) > 0.1   # ... by the query learning rate
+    unseen = [t for t in idf if t in vocab and t not in seen]
+    assert unseen and all(float(learned[vocab[t]]) == pytest.approx(idf[t]) for t in unseen)
 
 
 def test_windowed_document_vectors_are_the_max_over_their_windows(tiny_mlm, tmp_path):

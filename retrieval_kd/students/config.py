@@ -236,6 +236,11 @@ class SparseTrainingConfig(DenseTrainingConfig):
         model: the document encoder's MLM checkpoint (e.g. ``rkd-local/splade-tiny``).
         idf_file: ``{token: idf}`` JSON; computed over the training dataset's corpus when missing.
         query_max_length: query truncation (tokens).
+        query_learning_rate: None (default): the query token weights stay the IDF they start from, as in Geng et
+            al. 2024 and OpenSearch's ``idf.json`` models. A number: they are trained too, at this learning rate
+            (the rest of the model keeps ``training.learning_rate``), as the learned query term weights of
+            Nardini et al. 2025 ("Effective Inference-Free Retrieval for Learned Sparse Representations"). Only
+            tokens seen in training queries move; the others keep their IDF.
         loss: :class:`SparseLossConfig`.
     """
 
@@ -244,6 +249,7 @@ class SparseTrainingConfig(DenseTrainingConfig):
     output_dir: str = "experiments/sparse-student/model"
     idf_file: str | None = None
     query_max_length: int = 64
+    query_learning_rate: float | None = None
     loss: SparseLossConfig = field(default_factory=SparseLossConfig)
 
 

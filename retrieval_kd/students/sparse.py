@@ -43,7 +43,10 @@ from retrieval_kd.students.config import SparseTrainingConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_inference_free_model", "calibrate_teacher_scale", "flops", "idf_for", "train_sparse"]
+#: regex of the query weights' parameter name (sentence-transformers' ``learning_rate_mapping`` key)
+QUERY_WEIGHT_PATTERN = r"sub_modules\.query\.0\.weight"
+
+__all__ = ["build_inference_free_model", "calibrate_teacher_scale", "flops", "idf_for", "prune_to_flops", "train_sparse"]
 
 
 def flops(doc_weights, query_weights=None) -> float:
@@ -67,6 +70,51 @@ def flops(doc_weights, query_weights=None) -> float:
     return float(pd @ pq)
 
 
+def prune_to_flops(doc_weights, query_weights, target: float, rtol: float = 0.005, max_iter: int = 60):
+    """Drop document weights below one global threshold so that ``flops(docs, queries)`` comes down to ``target``.
+
+    Static threshold pruning compares two sparse models at the same FLOPS without retraining either: the denser
+    one is pruned to the sparser one's cost (the usual way learned sparse models are put on one efficiency
+    budget). Bisection on the threshold over the documents' sorted weights; FLOPS falls as the threshold rises.
+
+    Returns:
+        ``(pruned CSR matrix, threshold, its FLOPS)``; the matrix is returned unchanged (threshold 0) when it is
+        already at or below ``target``. Raises ValueError when ``target`` is not positive.
+    """
+    import scipy.sparse as sp
+
+    if target <= 0:
+        raise ValueError(f"target FLOPS must be positive, got {target}")
+    docs = sp.csr_matrix(doc_weights, dtype=np.float32)
+    docs.eliminate_zeros()
+    current = flops(docs, query_weights)
+    if current <= target * (1 + rtol):
+        return docs, 0.0, current
+
+    def pruned(threshold: float):
+        out = docs.copy()
+        out.data[out.data < threshold] = 0
+        out.eliminate_zeros()
+        return out
+
+    values = np.unique(docs.data)
+    lo, hi = 0, len(values) - 1          # flops(pruned(values[lo])) > target >= flops(pruned(values[hi]))
+    best = (pruned(values[hi]), float(values[hi]))
+    for _ in range(max_iter):
+        if hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        candidate = pruned(float(values[mid]))
+        value = flops(candidate, query_weights)
+        if value > target:
+            lo = mid
+        else:
+            hi, best = mid, (candidate, float(values[mid]))
+            if value >= target * (1 - rtol):
+                break
+    return best[0], best[1], flops(best[0], query_weights)
+
+
 def idf_for(config: SparseTrainingConfig, collection, tokenizer) -> dict[str, float]:
     """The IDF file of ``config`` (computed over the collection's corpus in one pass and saved when missing)."""
     from retrieval_kd.students.idf import compute_idf, load_idf, save_idf
@@ -88,8 +136,12 @@ def _chunks(items: list, size: int):
 
 
 def build_inference_free_model(doc_model: str, idf: dict[str, float] | None, max_seq_length: int = 256,
-                               query_max_length: int = 64, idf_aware: bool = True, device: str | None = None):
-    """A SparseEncoder: queries = tokens x IDF (or x 1, ``idf_aware=False``), frozen; documents = SPLADE."""
+                               query_max_length: int = 64, idf_aware: bool = True, device: str | None = None,
+                               train_query_weights: bool = False):
+    """A SparseEncoder: queries = tokens x IDF (or x 1, ``idf_aware=False``); documents = SPLADE.
+
+    The query weights are frozen unless ``train_query_weights`` (then they start from IDF and are a parameter,
+    ``QUERY_WEIGHT_PATTERN`` names them for a learning rate of their own)."""
     import torch
     from sentence_transformers import SparseEncoder
     from sentence_transformers.base.modules import Router
@@ -106,7 +158,7 @@ def build_inference_free_model(doc_model: str, idf: dict[str, float] | None, max
         weight = torch.tensor(idf_vector(idf, tokenizer))
     else:
         weight = torch.ones(len(tokenizer.get_vocab()))
-    query = SparseStaticEmbedding(tokenizer=tokenizer, weight=weight, frozen=True)
+    query = SparseStaticEmbedding(tokenizer=tokenizer, weight=weight, frozen=not train_query_weights)
     query.max_seq_length = query_max_length
     router = Router.for_query_document(query_modules=[query],
                                        document_modules=[doc, SpladePooling(pooling_strategy="max",
@@ -151,8 +203,10 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) 
         from transformers import AutoTokenizer
 
         idf = idf_for(config, data.collection, AutoTokenizer.from_pretrained(config.model))
+    trainable = config.query_learning_rate is not None
     model = build_inference_free_model(config.model, idf, config.train_max_length or config.max_seq_length,
-                                       config.query_max_length, idf_aware=config.loss.idf_aware)
+                                       config.query_max_length, idf_aware=config.loss.idf_aware,
+                                       train_query_weights=trainable)
     scale = 1.0
     if config.loss.calibrate_scale:
         scale = calibrate_teacher_scale(model, data.dataset, config.loss.calibration_pairs,
@@ -163,9 +217,10 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) 
         SparseDistillKLDivLoss(model, temperature=config.loss.kl_temperature)
     loss = SpladeLoss(model, main, document_regularizer_weight=config.loss.document_regularizer_weight,
                       query_regularizer_weight=None)
+    extra = {"learning_rate_mapping": {QUERY_WEIGHT_PATTERN: config.query_learning_rate}} if trainable else {}
     args = config.training_arguments(data.sampler, args_class=SparseEncoderTrainingArguments,
                                      router_mapping={"query": "query", "positive": "document",
-                                                     "negative": "document"})
+                                                     "negative": "document"}, **extra)
     scheduler = SpladeRegularizerWeightSchedulerCallback(loss=loss, warmup_ratio=config.loss.regularizer_warmup)
     model.model_card_data.model_name = f"{config.name}: inference-free sparse student on {data.collection.name}"
     trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data.dataset, loss=loss,
