@@ -1,6 +1,7 @@
 """Inference-free sparse students on SciFact: quality, FLOPS, and query latency against BM25.
 
-Usage: python benchmarks/sparse.py [--config configs/sparse/scifact-demo.yaml] [--skip-ablation] [--reuse-students]
+Usage: python benchmarks/sparse.py [--config configs/sparse/scifact-demo.yaml] [--skip-ablation]
+       [--ablation-epochs N] [--reuse-students]
 
 Rows (nDCG@10 on SciFact test, exact top-1000 from the inverted index of retrieval_kd.index.sparse):
 * BM25 (bm25s, k1 0.9, b 0.4, stemmed);
@@ -27,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +69,9 @@ def main() -> None:
     parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--latency-only", action="store_true",
                         help="re-measure latency with the student already trained, updating sparse.json")
+    parser.add_argument("--ablation-epochs", type=int, default=None,
+                        help="train the ablation's students (its IDF-aware ensemble row included) for this many epochs "
+                             "instead of the config's")
     parser.add_argument("--reuse-students", action="store_true",
                         help="load a student whose folder holds a finished run of the same config instead of training")
     parser.add_argument("--repeats", type=int, default=5)
@@ -146,8 +151,11 @@ def main() -> None:
                                                **overrides})
         done = Path(cfg.output_dir) / "rkd_training.json"
         earlier = json.loads(done.read_text()) if args.reuse_students and done.exists() else {}
-        same = "config" in earlier and load_sparse_config(earlier["config"]).to_dict() == cfg.to_dict()
-        if same:  # (loaded through the config class, so fields added since then take their defaults)
+        # the same config, loaded through the config class (fields added since then take their defaults); the
+        # folder may have been moved, so its output_dir is not compared
+        same = "config" in earlier and (load_sparse_config(earlier["config"], {"output_dir": cfg.output_dir}).to_dict()
+                                        == cfg.to_dict())
+        if same:
             logging.info("student %s: reusing the finished run in %s", name, cfg.output_dir)
             summary = earlier["summary"]
         else:
@@ -184,12 +192,20 @@ def main() -> None:
     results["nnz_per_doc"] = main_run["nnz_per_doc"]
     ablation = {"idf-aware, ensemble teacher": main_run}
     if not args.skip_ablation:
-        ablation["plain FLOPS, ensemble teacher"] = student("plain-ensemble", {"loss.idf_aware": False})
-        ablation["idf-aware, MiniLM teacher only"] = student("idf-minilm", {"data.teacher": f"bi-encoder:{MINILM}"})
+        same_steps, suffix = {}, ""
+        if args.ablation_epochs and args.ablation_epochs != config.training.get("num_train_epochs"):
+            # a cheaper ablation: its three students all train for ablation_epochs
+            same_steps, suffix = {"training.num_train_epochs": args.ablation_epochs}, f"-e{args.ablation_epochs}"
+            ablation = {"idf-aware, ensemble teacher": student(f"idf-ensemble{suffix}", same_steps)}
+        ablation["plain FLOPS, ensemble teacher"] = student(f"plain-ensemble{suffix}",
+                                                            {"loss.idf_aware": False, **same_steps})
+        ablation["idf-aware, MiniLM teacher only"] = student(f"idf-minilm{suffix}",
+                                                             {"data.teacher": f"bi-encoder:{MINILM}", **same_steps})
 
+    base = ablation["idf-aware, ensemble teacher"]
     results["ablation_matched_flops"] = {
-        f"{name} (b) vs the student (a)": matched(main_run, row)
-        for name, row in ablation.items() if row is not main_run}
+        f"{name} (b) vs idf-aware, ensemble teacher (a)": matched(base, row)
+        for name, row in ablation.items() if row is not base}
     latency = measure_latency(main_run["_index"], main_run["_query_side"], bm25_index, queries, args.repeats)
     results["latency_ratio_vs_bm25"] = latency.pop("ratio")
     results["ablation"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in ablation.items()}
@@ -198,8 +214,8 @@ def main() -> None:
     with atomic_write(args.output) as fh:
         json.dump({"scifact": results}, fh, indent=1)
     with atomic_write(args.output.with_suffix(".meta.json")) as fh:
-        json.dump({"config": config.to_dict(), "hardware": hardware_info(), "command": "python benchmarks/sparse.py"},
-                  fh, indent=1, default=str)
+        json.dump({"config": config.to_dict(), "hardware": hardware_info(), "ablation_epochs": args.ablation_epochs,
+                   "command": " ".join(["python benchmarks/sparse.py", *sys.argv[1:]])}, fh, indent=1, default=str)
     print(json.dumps({k: v for k, v in results.items() if k not in ("ablation", "details")}))
     print(json.dumps(results["ablation"], indent=1))
     print(json.dumps(results["ablation_matched_flops"], indent=1))
