@@ -218,3 +218,31 @@ def test_windowed_document_vectors_are_the_max_over_their_windows(tiny_mlm, tmp_
     q_w = np.random.default_rng(0).uniform(0.5, 2.0, len(q_ids)).astype(np.float32)
     np.testing.assert_allclose(built.scores(q_ids, q_w), got[:, q_ids] @ q_w, rtol=1e-5)
     assert not np.allclose(built.scores(q_ids, q_w), truncated[:, q_ids] @ q_w, rtol=1e-3)
+
+
+def test_a_copied_model_folder_finds_the_vectors_cached_under_its_old_name(tiny_mlm, tmp_path):
+    import shutil
+
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.encoders.sparse import siamese_splade, sparse_corpus_vectors
+
+    folder, _ = tiny_mlm
+    data = tmp_path / "words"
+    data.mkdir()
+    write_word_collection(data, np.random.default_rng(5), n_docs=5, doc_words=8, splits={"test": range(2)})
+    corpus = load_collection(str(data)).corpus
+    original = tmp_path / "student"
+    shutil.copytree(folder, original)                       # copy2: names, sizes and mtimes kept
+    first = sparse_corpus_vectors(str(original), corpus, 16, encoder=siamese_splade(str(original), 16))
+    moved = tmp_path / "student-e4"
+    shutil.copytree(original, moved)
+
+    class NoEncoding:
+        def __getattr__(self, name):
+            raise AssertionError(f"the copy was encoded again ({name})")
+
+    again = sparse_corpus_vectors(str(moved), corpus, 16, encoder=NoEncoding())
+    assert (again != first).nnz == 0
+    (moved / "extra.txt").write_text("changed")             # another file listing: a new key, encoded again
+    with pytest.raises(AssertionError, match="encoded again"):
+        sparse_corpus_vectors(str(moved), corpus, 16, encoder=NoEncoding())

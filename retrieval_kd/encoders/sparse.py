@@ -107,7 +107,13 @@ def _cache_path(model: str, corpus, max_seq_length: int | None, windows: int = 1
         fields["windows"] = windows
     key = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / "sparse" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[-60:]}-{digest}.npz"
+    folder = cache_dir() / "sparse"
+    # the label is for people; the digest is the key: a model folder that was moved or copied (same files, other
+    # name) finds the vectors cached under its old name
+    existing = sorted(folder.glob(f"*-{digest}.npz")) if folder.is_dir() else []
+    if existing:
+        return existing[0]
+    return folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[-60:]}-{digest}.npz"
 
 
 def _save_npz(path: Path, matrix: sp.spmatrix) -> None:
