@@ -178,8 +178,8 @@ def main() -> None:
 
     def matched(a: dict, b: dict) -> dict:
         """Both students at the sparser one's FLOPS: the denser one's document weights pruned to it."""
-        dense_name, sparse_name = ("a", "b") if a["flops"] > b["flops"] else ("b", "a")
-        denser, sparser = (a, b) if dense_name == "a" else (b, a)
+        (dense_name, denser), (sparse_name, sparser) = sorted({"a": a, "b": b}.items(),
+                                                             key=lambda kv: (-kv[1]["flops"], kv[0] == "a"))
         pruned, threshold, value = prune_to_flops(denser["_vectors"], denser["_qmat"], sparser["flops"])
         score = ndcg(SparseIndex(pruned, collection.corpus.ids, vocab_tokens).search_many(denser["_encoded"]))
         return {"flops": round(value, 3), dense_name: score, sparse_name: sparser["ndcg@10"],

@@ -65,16 +65,29 @@ def load_encoder(model: str, max_seq_length: int | None = 256, device: str | Non
     return encoder
 
 
-def embedding_cache_path(model: str, corpus, max_seq_length: int | None, normalize: bool) -> Path:
+def model_cache_file(model: str, kind: str, fields: dict, suffix: str) -> Path:
+    """The cache file of what ``model`` computed, under ``<cache>/<kind>/``: ``<label>-<digest><suffix>``.
+
+    The digest (of the model's key and revision plus ``fields``) is the key; the label, the model's name, is for
+    people. A file with the same digest under another label is returned, so a model folder that was moved or
+    copied (same files, another name) finds what was cached under its old name.
+    """
     from retrieval_kd.models.revision import model_cache_id, model_revision
     from retrieval_kd.paths import cache_dir
 
     model_key, label = model_cache_id(model)
-    key = json.dumps({"model": model_key, "revision": model_revision(model), "max_seq_length": max_seq_length,
-                      "normalize": normalize, "corpus": corpus.store_path.name}, sort_keys=True)
+    key = json.dumps({"model": model_key, "revision": model_revision(model), **fields}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[-60:]
-    return cache_dir() / "embeddings" / f"{safe}-{digest}.npy"
+    folder = cache_dir() / kind
+    existing = sorted(folder.glob(f"*-{digest}{suffix}")) if folder.is_dir() else []
+    if existing:
+        return existing[0]
+    return folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[-60:]}-{digest}{suffix}"
+
+
+def embedding_cache_path(model: str, corpus, max_seq_length: int | None, normalize: bool) -> Path:
+    return model_cache_file(model, "embeddings", {"max_seq_length": max_seq_length, "normalize": normalize,
+                                                  "corpus": corpus.store_path.name}, ".npy")
 
 
 def corpus_embeddings(model: str, corpus, max_seq_length: int | None = 256, normalize: bool = True,

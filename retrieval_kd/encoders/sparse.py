@@ -7,11 +7,8 @@ they finish (SciPy ``save_npz``, no pickle), so a killed run resumes at the firs
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -97,23 +94,12 @@ def max_pool_rows(matrix: sp.spmatrix, owners: np.ndarray, n_rows: int) -> sp.cs
 
 
 def _cache_path(model: str, corpus, max_seq_length: int | None, windows: int = 1) -> Path:
-    from retrieval_kd.models.revision import model_cache_id, model_revision
-    from retrieval_kd.paths import cache_dir
+    from retrieval_kd.encoders.embeddings import model_cache_file
 
-    model_key, label = model_cache_id(model)
-    fields = {"model": model_key, "revision": model_revision(model), "max_seq_length": max_seq_length,
-              "corpus": corpus.store_path.name, "kind": "sparse-doc"}
+    fields = {"max_seq_length": max_seq_length, "corpus": corpus.store_path.name, "kind": "sparse-doc"}
     if windows > 1:  # keys of truncated encodings stay those of earlier releases
         fields["windows"] = windows
-    key = json.dumps(fields, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    folder = cache_dir() / "sparse"
-    # the label is for people; the digest is the key: a model folder that was moved or copied (same files, other
-    # name) finds the vectors cached under its old name
-    existing = sorted(folder.glob(f"*-{digest}.npz")) if folder.is_dir() else []
-    if existing:
-        return existing[0]
-    return folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)[-60:]}-{digest}.npz"
+    return model_cache_file(model, "sparse", fields, ".npz")
 
 
 def _save_npz(path: Path, matrix: sp.spmatrix) -> None:

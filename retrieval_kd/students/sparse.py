@@ -99,7 +99,7 @@ def prune_to_flops(doc_weights, query_weights, target: float, rtol: float = 0.00
 
     values = np.unique(docs.data)
     lo, hi = 0, len(values) - 1          # flops(pruned(values[lo])) > target >= flops(pruned(values[hi]))
-    best = (pruned(values[hi]), float(values[hi]))
+    best = None                          # (matrix, threshold, FLOPS) of the lowest threshold at or below target
     for _ in range(max_iter):
         if hi - lo <= 1:
             break
@@ -109,10 +109,13 @@ def prune_to_flops(doc_weights, query_weights, target: float, rtol: float = 0.00
         if value > target:
             lo = mid
         else:
-            hi, best = mid, (candidate, float(values[mid]))
+            hi, best = mid, (candidate, float(values[mid]), value)
             if value >= target * (1 - rtol):
                 break
-    return best[0], best[1], flops(best[0], query_weights)
+    if best is None:
+        top = pruned(float(values[hi]))
+        best = (top, float(values[hi]), flops(top, query_weights))
+    return best
 
 
 def idf_for(config: SparseTrainingConfig, collection, tokenizer) -> dict[str, float]:
