@@ -1,7 +1,7 @@
 """Inference-free sparse students on SciFact: quality, FLOPS, and query latency against BM25.
 
 Usage: python benchmarks/sparse.py [--config configs/sparse/scifact-demo.yaml] [--skip-ablation]
-       [--ablation-epochs N] [--reuse-students]
+       [--ablation-epochs N] [--ablation-set KEY=VALUE ...] [--reuse-students]
 
 Rows (nDCG@10 on SciFact test, exact top-1000 from the inverted index of retrieval_kd.index.sparse):
 * BM25 (bm25s, k1 0.9, b 0.4, stemmed);
@@ -72,6 +72,10 @@ def main() -> None:
     parser.add_argument("--ablation-epochs", type=int, default=None,
                         help="train the ablation's students (its IDF-aware ensemble row included) for this many epochs "
                              "instead of the config's")
+    parser.add_argument("--ablation-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the ablation's three students only (repeatable), e.g. "
+                             "train_max_length=128: the ablation compares its rows at settings cheaper than the main "
+                             "student's")
     parser.add_argument("--reuse-students", action="store_true",
                         help="load a student whose folder holds a finished run of the same config instead of training")
     parser.add_argument("--repeats", type=int, default=5)
@@ -84,6 +88,7 @@ def main() -> None:
     import numpy as np
     from _teacher import heterogeneous_teacher
 
+    from retrieval_kd.cli.train_cmd import parse_overrides
     from retrieval_kd.data import load_collection
     from retrieval_kd.data.formats import atomic_write
     from retrieval_kd.encoders.sparse import (
@@ -153,8 +158,9 @@ def main() -> None:
         earlier = json.loads(done.read_text()) if args.reuse_students and done.exists() else {}
         # the same config, loaded through the config class (fields added since then take their defaults); the
         # folder may have been moved, so its output_dir is not compared
-        same = "config" in earlier and (load_sparse_config(earlier["config"], {"output_dir": cfg.output_dir}).to_dict()
-                                        == cfg.to_dict())
+        # (nor how it was resumed)
+        run_control = {"output_dir": cfg.output_dir, "resume": cfg.resume}
+        same = "config" in earlier and load_sparse_config(earlier["config"], run_control).to_dict() == cfg.to_dict()
         if same:
             logging.info("student %s: reusing the finished run in %s", name, cfg.output_dir)
             summary = earlier["summary"]
@@ -192,11 +198,13 @@ def main() -> None:
     results["nnz_per_doc"] = main_run["nnz_per_doc"]
     ablation = {"idf-aware, ensemble teacher": main_run}
     if not args.skip_ablation:
-        same_steps, suffix = {}, ""
+        same_steps, suffix = dict(parse_overrides(args.ablation_set)), ""
         if args.ablation_epochs and args.ablation_epochs != config.training.get("num_train_epochs"):
             # a cheaper ablation: its three students all train for ablation_epochs
-            same_steps, suffix = {"training.num_train_epochs": args.ablation_epochs}, f"-e{args.ablation_epochs}"
-            ablation = {"idf-aware, ensemble teacher": student(f"idf-ensemble{suffix}", same_steps)}
+            same_steps["training.num_train_epochs"] = args.ablation_epochs
+            suffix = f"-e{args.ablation_epochs}"
+        if same_steps:
+            ablation = {"idf-aware, ensemble teacher": student(f"idf-ensemble{suffix or '-ablation'}", same_steps)}
         ablation["plain FLOPS, ensemble teacher"] = student(f"plain-ensemble{suffix}",
                                                             {"loss.idf_aware": False, **same_steps})
         ablation["idf-aware, MiniLM teacher only"] = student(f"idf-minilm{suffix}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import shutil
 
 import pytest
 
@@ -40,6 +42,23 @@ def test_lookup_by_id_and_texts(tmp_path):
     again = Corpus(tmp_path / "corpus.jsonl", store_dir=tmp_path / "stores")
     assert again["a"]["text"] == "first"
     assert len(list((tmp_path / "stores").glob("*.arrow"))) == 1
+
+
+def test_the_store_follows_the_bytes_not_the_modification_time(tmp_path):
+    """A mirror copied or touched again keeps its store (and the encodings keyed by its name); new bytes do not."""
+    path = write_jsonl(tmp_path / "corpus.jsonl", DOCS)
+    first = Corpus(path, store_dir=tmp_path / "stores").store_path
+    os.utime(path, ns=(1, 1))  # same bytes, another mtime
+    assert Corpus(path, store_dir=tmp_path / "stores").store_path == first
+    copy = tmp_path / "mirror" / "corpus.jsonl"
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    assert Corpus(copy, store_dir=tmp_path / "stores").store_path == first
+    changed = [dict(DOCS[0], text="FIRST"), *DOCS[1:]]  # same size, other bytes
+    write_jsonl(path, changed)
+    assert path.stat().st_size == copy.stat().st_size
+    assert Corpus(path, store_dir=tmp_path / "stores").store_path != first
+    assert Corpus(path, store_dir=tmp_path / "stores")["a"]["text"] == "FIRST"
 
 
 def test_gzip_crlf_bom_corpus(tmp_path):

@@ -28,9 +28,36 @@ _BATCH = 10_000
 _STORE_VERSION = 1
 
 
-def _source_key(path: Path) -> str:
+_DIGESTS = "source-digests.json"
+
+
+def _source_key(path: Path, store_dir: Path) -> str:
+    """A key of the file's bytes (and the store format), not of its path or modification time.
+
+    Every cache keyed by a corpus (its Arrow store, then the dense and sparse encodings named after the store)
+    follows this key, so a mirror that is copied or touched again (same bytes, new mtime) keeps its caches. The
+    bytes are hashed once per (path, size, mtime): the digest is remembered in ``<store_dir>/source-digests.json``
+    (an 8.8M-passage MS MARCO file is not read again on every start).
+    """
+    from retrieval_kd.data.formats import atomic_write
+
     st = path.stat()
-    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|v{_STORE_VERSION}"
+    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = store_dir / _DIGESTS
+    try:
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):  # absent, or torn by hand: hash again
+        memo = {}
+    if stamp not in memo:
+        memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}|")}  # its older stamps
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        memo[stamp] = digest.hexdigest()
+        with atomic_write(memo_file) as out:
+            json.dump(memo, out, indent=0)
+    raw = f"{memo[stamp]}|{st.st_size}|v{_STORE_VERSION}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -73,7 +100,7 @@ class Corpus:
     # -- the Arrow store ---------------------------------------------------------------------------------------
     @property
     def store_path(self) -> Path:
-        return self.store_dir / f"{self.path.name}.{_source_key(self.path)}.arrow"
+        return self.store_dir / f"{self.path.name}.{_source_key(self.path, self.store_dir)}.arrow"
 
     def _build_store(self) -> None:
         import pyarrow as pa
