@@ -61,7 +61,7 @@ bench-dense: install models
 	$(PY) benchmarks/dense.py
 
 bench-sparse: install models
-	$(PY) benchmarks/sparse.py --ablation-epochs 4 --reuse-students
+	$(PY) benchmarks/sparse.py --ablation-epochs 4 --ablation-set train_max_length=128 --reuse-students
 
 # Our exact posting-list engine against Seismic on the demo's sparse student (run make demo first)
 bench-sparse-engines: install models
