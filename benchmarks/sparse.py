@@ -157,8 +157,7 @@ def main() -> None:
         done = Path(cfg.output_dir) / "rkd_training.json"
         earlier = json.loads(done.read_text()) if args.reuse_students and done.exists() else {}
         # the same config, loaded through the config class (fields added since then take their defaults); the
-        # folder may have been moved, so its output_dir is not compared
-        # (nor how it was resumed)
+        # folder may have been moved and the run resumed, so output_dir and resume are not compared
         run_control = {"output_dir": cfg.output_dir, "resume": cfg.resume}
         same = "config" in earlier and load_sparse_config(earlier["config"], run_control).to_dict() == cfg.to_dict()
         if same:
@@ -198,17 +197,17 @@ def main() -> None:
     results["nnz_per_doc"] = main_run["nnz_per_doc"]
     ablation = {"idf-aware, ensemble teacher": main_run}
     if not args.skip_ablation:
-        same_steps, suffix = dict(parse_overrides(args.ablation_set)), ""
+        shared, suffix = parse_overrides(args.ablation_set), ""
         if args.ablation_epochs and args.ablation_epochs != config.training.get("num_train_epochs"):
             # a cheaper ablation: its three students all train for ablation_epochs
-            same_steps["training.num_train_epochs"] = args.ablation_epochs
+            shared["training.num_train_epochs"] = args.ablation_epochs
             suffix = f"-e{args.ablation_epochs}"
-        if same_steps:
-            ablation = {"idf-aware, ensemble teacher": student(f"idf-ensemble{suffix or '-ablation'}", same_steps)}
+        if shared:  # the ablation's own IDF-aware ensemble row, at its settings
+            ablation = {"idf-aware, ensemble teacher": student(f"idf-ensemble{suffix or '-ablation'}", shared)}
         ablation["plain FLOPS, ensemble teacher"] = student(f"plain-ensemble{suffix}",
-                                                            {"loss.idf_aware": False, **same_steps})
+                                                            {"loss.idf_aware": False, **shared})
         ablation["idf-aware, MiniLM teacher only"] = student(f"idf-minilm{suffix}",
-                                                             {"data.teacher": f"bi-encoder:{MINILM}", **same_steps})
+                                                             {"data.teacher": f"bi-encoder:{MINILM}", **shared})
 
     base = ablation["idf-aware, ensemble teacher"]
     results["ablation_matched_flops"] = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_kd.data.formats import DataFormatError, iter_jsonl
+from retrieval_kd.data.formats import DataFormatError, atomic_write, iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +39,15 @@ def _source_key(path: Path, store_dir: Path) -> str:
     bytes are hashed once per (path, size, mtime): the digest is remembered in ``<store_dir>/source-digests.json``
     (an 8.8M-passage MS MARCO file is not read again on every start).
     """
-    from retrieval_kd.data.formats import atomic_write
-
-    st = path.stat()
-    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    st, where = path.stat(), f"{path.resolve()}|"
+    stamp = f"{where}{st.st_size}|{st.st_mtime_ns}"
     memo_file = store_dir / _DIGESTS
     try:
         memo = json.loads(memo_file.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):  # absent, or torn by hand: hash again
         memo = {}
     if stamp not in memo:
-        memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}|")}  # its older stamps
+        memo = {k: v for k, v in memo.items() if not k.startswith(where)}  # drop this file's older stamps
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
