@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import faiss
 import numpy as np
@@ -13,7 +14,7 @@ from retrieval_kd.index.dense import build_faiss_index, load_index
 from tests.conftest import hub_model
 
 
-def test_flat_index_search_equals_exact_model_search(tiny_beir, tmp_path):
+def test_flat_index_search_equals_exact_model_search(tiny_beir, tmp_path, caplog):
     hub_model("sentence-transformers/all-MiniLM-L6-v2")
     idx = tmp_path / "flat"
     assert main(["-q", "index", "build", "--type", "flat", "--dataset", str(tiny_beir), "--output", str(idx)]) == 0
@@ -27,6 +28,15 @@ def test_flat_index_search_equals_exact_model_search(tiny_beir, tmp_path):
     a, b = read_run(tmp_path / "a.run"), read_run(tmp_path / "b.run")
     assert a == b
     assert max(a["q1"], key=a["q1"].get) == "d1"
+    # --gpu: the same run from the GPU clone, or from the CPU index after a warning where no GPU FAISS exists
+    with caplog.at_level(logging.WARNING):
+        assert main(["-q", "search", "dense", "--index", str(idx), "--dataset", str(tiny_beir), "--split", "test",
+                     "--top-k", "3", "--gpu", "0", "--output", str(tmp_path / "c.run")]) == 0
+    c = read_run(tmp_path / "c.run")
+    assert c.keys() == a.keys() and all(c[q].keys() == a[q].keys() for q in a)
+    assert all(abs(c[q][d] - a[q][d]) < 1e-4 for q in a for d in a[q])
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        assert "no GPU FAISS here" in caplog.text and "searching on CPU" in caplog.text
 
 
 def test_vq_train_from_embeddings_writes_a_faiss_index(tmp_path):

@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     dense.add_argument("--index", type=Path, default=None, help="index folder from rkd index build / rkd vq train")
     dense.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
     dense.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch")
+    dense.add_argument("--gpu", type=int, default=None, metavar="DEVICE",
+                       help="search the --index on this GPU (faiss-gpu); types FAISS has no GPU version of, or no "
+                            "GPU at all, fall back to CPU with a warning")
     dense.add_argument("--top-k", type=int, default=1000)
     dense.add_argument("--max-seq-length", type=int, default=256)
     dense.set_defaults(func=_dense)
@@ -90,6 +93,10 @@ def _dense(args) -> int:
         model = args.model or meta.get("encoder")
         if not model or model == "unknown":
             raise ValueError(f"{args.index}: the sidecar names no encoder; pass --model")
+        if args.gpu is not None:
+            from retrieval_kd.index import to_gpu
+
+            index = to_gpu(index, device=args.gpu) or index
     else:
         if not args.model:
             raise ValueError("give --model (exact search) or --index")

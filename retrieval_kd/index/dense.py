@@ -88,9 +88,20 @@ def set_nprobe(index, nprobe: int | None, ef_search: int | None = None) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and nprobe is not None:
         ivf.nprobe = nprobe
+    elif nprobe is not None and _on_gpu(index):  # a GpuIndexIVF* (or an OPQ chain around one) is no IndexIVF
+        faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nprobe)
     hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
     if hnsw is not None and ef_search is not None:
         hnsw.efSearch = ef_search
+
+
+def _on_gpu(index) -> bool:
+    import faiss
+
+    if not hasattr(faiss, "GpuIndex"):
+        return False
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    return isinstance(inner, faiss.GpuIndex)
 
 
 def bytes_per_vector(index) -> float:
