@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -224,9 +226,12 @@ def run(pack: Path, out: Path, nprobes: list[int]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
         raise SystemExit("no GPU FAISS here: install faiss-gpu on a machine with a GPU")
-    info = hardware_info(("retrieval-kd", "torch", "faiss-gpu-cu12", "faiss-gpu", "faiss-cpu", "numpy"))
-    info.update(faiss_version=faiss.__version__, faiss_gpus=faiss.get_num_gpus(), torch_cuda=torch.version.cuda)
-    results = {"hardware": info, "k": 100, "indexes": {}}
+    info = hardware_info(("retrieval-kd", "torch", "faiss-gpu", "faiss-gpu-cu12", "faiss-cpu", "numpy"))
+    info.update(faiss_version=faiss.__version__, faiss_gpus=faiss.get_num_gpus(), torch_cuda=torch.version.cuda,
+                # benchmarks/device/faiss_gpu.sh sets this when its shim stands in for cuBLAS 12
+                cublas=os.environ.get("RKD_CUBLAS13", "libcublas.so.12"))
+    results = {"command": "python benchmarks/faiss_gpu.py " + " ".join(sys.argv[1:]), "hardware": info, "k": 100,
+               "indexes": {}}
     for folder in sorted(p for p in pack.iterdir() if (p / "rkd_index.json").exists()):
         index, doc_ids, meta = load_index(folder)
         queries = np.load(folder / "queries.npy")

@@ -70,7 +70,10 @@ def export_faiss(module: LearnableIVFPQ, vectors: np.ndarray | None = None, list
         index.by_residual = True
         faiss.copy_array_to_vector(books.ravel(), index.pq.centroids)
         index.is_trained = True
-        index.add_sa_codes(sa_codes(module, lists, codes, index.coarse_code_size()), np.arange(len(codes), dtype=np.int64))
+        # the ids need a name of their own: FAISS < 1.15's add_sa_codes wrapper drops its only reference to a
+        # temporary array before reading it, and stores whatever the freed memory holds (seen with 1.14.1)
+        ids = np.arange(len(codes), dtype=np.int64)
+        index.add_sa_codes(sa_codes(module, lists, codes, index.coarse_code_size()), ids)
     else:
         index = faiss.IndexPQ(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
         faiss.copy_array_to_vector(books.ravel(), index.pq.centroids)
@@ -114,5 +117,7 @@ def to_gpu(index, device: int = 0, strict: bool = False):
     options = faiss.GpuClonerOptions()
     options.useFloat16LookupTables = False  # exact lookups, same results as CPU
     gpu_index = faiss.index_cpu_to_gpu(res, device, index, options)
-    gpu_index.rkd_resources = res  # keep the resources alive with the index
+    # keep the resources alive as long as the index; FAISS >= 1.15 refuses unknown attributes on its SWIG objects,
+    # referenced_objects is the one it keeps for this purpose
+    gpu_index.referenced_objects = [*(getattr(gpu_index, "referenced_objects", None) or []), res]
     return gpu_index
