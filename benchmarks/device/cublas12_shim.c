@@ -17,9 +17,12 @@ typedef void *handle_t;
 
 static void *target(const char *name) {
     static void *lib;
+    static const char *path;
     if (!lib) {
-        const char *path = getenv("RKD_CUBLAS13");
-        lib = dlopen(path ? path : "libcublas.so.13", RTLD_NOW | RTLD_GLOBAL);
+        path = getenv("RKD_CUBLAS13");
+        if (!path)
+            path = "libcublas.so.13";
+        lib = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
         if (!lib) {
             fprintf(stderr, "cublas12_shim: %s\n", dlerror());
             abort();
@@ -27,7 +30,7 @@ static void *target(const char *name) {
     }
     void *f = dlsym(lib, name);
     if (!f) {
-        fprintf(stderr, "cublas12_shim: %s has no %s\n", getenv("RKD_CUBLAS13"), name);
+        fprintf(stderr, "cublas12_shim: %s has no %s\n", path, name);
         abort();
     }
     return f;
