@@ -6,7 +6,7 @@ Usage:
 
 ``make-pack`` copies index folders written by ``rkd vq train`` (FAISS file, doc ids, sidecar, the module's
 safetensors) with the test query embeddings of each one's dataset, encoded by its encoder. ``run`` needs only
-torch, numpy, faiss-gpu and this package; for every index and nprobe it searches the top-100 three ways:
+torch, numpy, safetensors, faiss-gpu and this package; for every index and nprobe it searches the top-100 three ways:
 
 * the torch module (:meth:`LearnableIVFPQ.search`) over the (list, code) pairs read back from the FAISS file,
 * the FAISS index on CPU,
