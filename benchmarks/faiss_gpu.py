@@ -59,8 +59,9 @@ def stored_codes(index) -> tuple[np.ndarray, np.ndarray]:
     """``(lists, codes)`` of every stored vector, by id, read back from an IndexIVFPQ / IndexPQ (or its OPQ chain)."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    inner = faiss.downcast_index(inner)
+    from retrieval_kd.index.dense import inner_index
+
+    inner = inner_index(index)
     n, cs = inner.ntotal, inner.code_size
     if isinstance(inner, faiss.IndexPQ):
         return np.zeros(n, dtype=np.int64), faiss.vector_to_array(inner.codes).reshape(n, cs).astype(np.int64)
@@ -117,7 +118,8 @@ def compare_index(index, module, queries: np.ndarray, nprobes: list[int], k: int
     from retrieval_kd.index import to_gpu
     from retrieval_kd.index.dense import set_nprobe
 
-    nlist = faiss.try_extract_index_ivf(index).nlist if faiss.try_extract_index_ivf(index) is not None else 0
+    ivf = faiss.try_extract_index_ivf(index)
+    nlist = ivf.nlist if ivf is not None else 0
     gpu = to_gpu(index, strict=True)
     lists, codes = stored_codes(index) if module is not None else (None, None)
     out = {}

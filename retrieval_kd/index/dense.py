@@ -95,21 +95,24 @@ def set_nprobe(index, nprobe: int | None, ef_search: int | None = None) -> None:
         hnsw.efSearch = ef_search
 
 
+def inner_index(index):
+    """The index that stores the codes: the one an ``IndexPreTransform`` (the OPQ chain) wraps, or ``index``."""
+    import faiss
+
+    return faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
+
+
 def _on_gpu(index) -> bool:
     import faiss
 
-    if not hasattr(faiss, "GpuIndex"):
-        return False
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    return isinstance(inner, faiss.GpuIndex)
+    return hasattr(faiss, "GpuIndex") and isinstance(inner_index(index), faiss.GpuIndex)
 
 
 def bytes_per_vector(index) -> float:
     """Stored bytes per vector of the codes (flat/HNSW: float32 vectors, HNSW links counted apart)."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    inner = faiss.downcast_index(inner)
+    inner = inner_index(index)
     if hasattr(inner, "code_size"):
         return float(inner.code_size)
     if hasattr(inner, "storage"):

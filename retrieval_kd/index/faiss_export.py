@@ -20,6 +20,7 @@ import logging
 import numpy as np
 import torch
 
+from retrieval_kd.index.dense import inner_index
 from retrieval_kd.quantization.learnable_ivfpq import LearnableIVFPQ
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ def to_gpu(index, device: int = 0, strict: bool = False):
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
         return refuse("no GPU FAISS here (faiss-gpu not installed or no GPU visible)")
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
-    name = type(faiss.downcast_index(inner)).__name__
+    name = type(inner_index(index)).__name__
     if name in GPU_UNSUPPORTED:
         return refuse(f"FAISS has no GPU implementation of {name}")
     res = faiss.StandardGpuResources()
