@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
@@ -205,7 +204,8 @@ def read_run(path: str | os.PathLike) -> Run:
 class atomic_write:  # noqa: N801 - used like open()
     """Context manager writing a file atomically: a temporary file in the same folder, renamed on success.
 
-    A crash or kill leaves either the old file or the complete new one, never a torn file.
+    A crash or kill leaves either the old file or the complete new one, never a torn file; the temporary file
+    of a killed writer (``.<name>.<pid>.<random>.tmp``) is removed by the next write of the same file.
     ``gzip=True`` (or a ``.gz`` suffix) compresses.
     """
 
@@ -215,9 +215,12 @@ class atomic_write:  # noqa: N801 - used like open()
         self.gzip = self.path.suffix == ".gz" if gzip_output is None else gzip_output
 
     def __enter__(self):
+        from retrieval_kd.utils.fs import sweep_stale_temps, temp_name
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        raw = os.fdopen(fd, "wb")
+        sweep_stale_temps(self.path)  # what killed writers of this file left behind
+        self.tmp = str(temp_name(self.path))
+        raw = open(self.tmp, "xb")
         self._raw = raw
         if self.gzip:
             # mtime=0 keeps gzip output byte-identical across runs
