@@ -191,3 +191,150 @@ def test_import_teacher_copies_one_fingerprint_and_resolve_ensemble(tmp_path):
             s.resolve("ensemble")
     with ScoreStore(a) as s:
         assert s.resolve("ensemble") == "ensemble-1" and s.resolve("splade:m") == "splade-x"
+
+
+# -- what a stored score depends on: candidates, query text, corpus; never stale ----------------------------------
+class CountingTeacher:
+    """A pointwise (or listwise) teacher whose score is a hand-checkable function of the texts; counts pairs."""
+
+    def __new__(cls, listwise: bool = False, nan_for: str | None = None):  # nan_for: a query text
+        import numpy as np
+
+        from retrieval_kd.teachers.base import Teacher
+
+        class _Counting(Teacher):
+            kind = "counting"
+
+            def __init__(self):
+                self.listwise = listwise
+                self.pairs = []
+
+            def config(self):
+                return {"listwise": listwise}
+
+            def score(self, query, doc_ids, doc_texts):
+                self.pairs += [(query, d) for d in doc_ids]
+                # listwise: a score that depends on the rank in the given list, as FIRST's does
+                out = [len(set(query.split()) & set(t.split())) + (0.01 * r if listwise else 0.0)
+                       for r, t in enumerate(doc_texts)]
+                if query == nan_for:
+                    out[-1] = float("nan")
+                return np.asarray(out, dtype=np.float32)
+
+        return _Counting()
+
+
+def _fresh(teacher_factory, collection, cands, store, **kw):
+    score_candidates(teacher_factory(), collection, cands, store, **kw)
+    with ScoreStore(store) as s:
+        return s.get(teacher_factory().fingerprint)
+
+
+def test_changed_candidates_score_only_new_pairs_and_drop_old_ones(beir60, tmp_path):
+    c = load_collection(str(beir60))
+    from retrieval_kd.teachers import mine_candidates
+
+    top10 = mine_candidates(c, "test", k=10, with_positives=False)
+    top5 = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:5]) for q, d in top10.items()}
+    teacher = CountingTeacher()
+    score_candidates(teacher, c, top5, tmp_path / "s")
+    first = len(teacher.pairs)
+    assert first == sum(len(v) for v in top5.values())
+    again = score_candidates(teacher, c, top10, tmp_path / "s")          # top_k 5 -> 10: only the new pairs
+    assert len(teacher.pairs) - first == sum(len(top10[q]) - len(top5[q]) for q in top10)
+    assert again["skipped"] == sum(top10[q].keys() == top5[q].keys() for q in top10)
+    with ScoreStore(tmp_path / "s") as s:
+        assert s.get(teacher.fingerprint) == _fresh(CountingTeacher, c, top10, tmp_path / "f10")
+    score_candidates(teacher, c, top5, tmp_path / "s")                   # and back: no pair outside top-5 kept
+    with ScoreStore(tmp_path / "s") as s:
+        stored = s.get(teacher.fingerprint)
+    assert {q: set(d) for q, d in stored.items()} == {q: set(d) for q, d in top5.items()}
+
+
+def test_changed_query_text_or_corpus_is_rescored(beir60, tmp_path):
+    c = load_collection(str(beir60))
+    cands = _candidates(beir60, tmp_path / "c.run")
+    score_candidates(CountingTeacher(), c, cands, tmp_path / "s")
+    queries = dict(c.all_queries)
+    queries["q3"] = "golf hotel india"                                    # one query's text changed
+    teacher = CountingTeacher()
+    summary = score_candidates(teacher, c, cands, tmp_path / "s", queries=queries)
+    assert summary["scored"] == 1 and summary["rescored"] == 1
+    assert {q for q, _ in teacher.pairs} == {"golf hotel india"}
+    with ScoreStore(tmp_path / "s") as s:
+        assert s.get(teacher.fingerprint) == _fresh(CountingTeacher, c, cands, tmp_path / "fq", queries=queries)
+    # the same ids in another corpus (other texts): every query is rescored, none kept from the first corpus
+    other = tmp_path / "other"
+    other.mkdir()
+    lines = (beir60 / "corpus.jsonl").read_text().replace("alpha", "zulu").replace("bravo", "alpha")
+    (other / "corpus.jsonl").write_text(lines)
+    for name in ("queries.jsonl", "qrels"):
+        src = beir60 / name
+        (other / name).symlink_to(src, target_is_directory=src.is_dir())
+    c2 = load_collection(str(other))
+    summary = score_candidates(CountingTeacher(), c2, cands, tmp_path / "s", queries=queries)
+    assert summary["skipped"] == 0 and summary["rescored"] == 60
+    with ScoreStore(tmp_path / "s") as s:
+        assert s.get(teacher.fingerprint) == _fresh(CountingTeacher, c2, cands, tmp_path / "fc", queries=queries)
+
+
+def test_listwise_teacher_rescores_a_reordered_list_whole(beir60, tmp_path):
+    c = load_collection(str(beir60))
+    cands = _candidates(beir60, tmp_path / "c.run")
+    score_candidates(CountingTeacher(listwise=True), c, cands, tmp_path / "s")
+    reordered = dict(cands)
+    q = sorted(cands)[0]
+    reordered[q] = {d: -v for d, v in cands[q].items()}                   # same set, reversed order
+    teacher = CountingTeacher(listwise=True)
+    summary = score_candidates(teacher, c, reordered, tmp_path / "s")
+    assert summary["scored"] == 1 and len(teacher.pairs) == len(cands[q])
+    with ScoreStore(tmp_path / "s") as s:
+        assert s.get(teacher.fingerprint)[q] == _fresh(lambda: CountingTeacher(listwise=True), c, reordered,
+                                                       tmp_path / "f")[q]
+
+
+def test_ensemble_follows_its_members_candidates(beir60, tmp_path):
+    from retrieval_kd.teachers import EnsembleTeacher, mine_candidates
+
+    c = load_collection(str(beir60))
+    top10 = mine_candidates(c, "test", k=10, with_positives=False)
+    top5 = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:5]) for q, d in top10.items()}
+
+    def ensemble():
+        return EnsembleTeacher([BM25Teacher(), CountingTeacher()])
+
+    score_candidates(ensemble(), c, top10, tmp_path / "s")
+    score_candidates(ensemble(), c, top5, tmp_path / "s")
+    with ScoreStore(tmp_path / "s") as s:
+        assert s.get(ensemble().fingerprint) == _fresh(ensemble, c, top5, tmp_path / "f")
+
+
+def test_nan_scores_are_an_error_naming_query_and_doc(beir60, tmp_path):
+    c = load_collection(str(beir60))
+    cands = _candidates(beir60, tmp_path / "c.run")
+    q = sorted(cands)[3]
+    last = sorted(cands[q].items(), key=lambda kv: (-kv[1], kv[0]))[-1][0]  # the teacher sees them best first
+    with pytest.raises(ValueError, match=rf"non-finite score nan for query '{q}', doc '{last}'"):
+        queries = {**c.all_queries, q: "a text no other query has"}
+        score_candidates(CountingTeacher(nan_for=queries[q]), c, cands, tmp_path / "s", queries=queries,
+                         batch_queries=1)
+    with ScoreStore(tmp_path / "s") as s:
+        fp = CountingTeacher().fingerprint
+        assert q not in s.done_queries(fp) and q not in s.get(fp)           # not marked done, nothing dropped
+    with ScoreStore(tmp_path / "t") as s, pytest.raises(ValueError, match="not a finite number"):
+        s.put_query("x", "q1", {"d1": float("inf")})
+
+
+def test_version1_marks_and_corrupt_stores(beir60, tmp_path):
+    from retrieval_kd.errors import IntegrityError
+
+    c = load_collection(str(beir60))
+    cands = _candidates(beir60, tmp_path / "c.run")
+    score_candidates(BM25Teacher(), c, cands, tmp_path / "s")
+    with ScoreStore(tmp_path / "s") as s:  # what a store of the previous version holds: marks without keys
+        s._conn.execute("UPDATE done SET context = NULL, candidates = NULL")
+    assert score_candidates(BM25Teacher(), c, cands, tmp_path / "s")["rescored"] == 60
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "scores.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(IntegrityError, match=r"scores.sqlite: not a readable score store"):
+        ScoreStore(tmp_path / "bad")

@@ -111,38 +111,51 @@ class SparseIndex:
         return {qid: dict(self.search(ids, w, k)) for qid, (ids, w) in queries.items()}
 
     # -- persistence ---------------------------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike, meta: Mapping | None = None) -> Path:
-        """Write the index folder atomically (temporary folder, then rename)."""
-        import shutil
+    def save(self, folder: str | os.PathLike, meta: Mapping | None = None, overwrite: bool = False) -> Path:
+        """Write the index folder atomically (:func:`retrieval_kd.utils.fs.atomic_folder`); an existing folder is
+        replaced only when retrieval-kd wrote it as a sparse index (else ``overwrite=True``)."""
+        from retrieval_kd.utils.fs import atomic_folder
 
         folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        sp.save_npz(tmp / "postings.npz", self.postings)
-        (tmp / "doc_ids.json").write_text(json.dumps(self.doc_ids))
-        if self.vocab is not None:
-            (tmp / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
-        sidecar = {"type": "sparse-inverted", "n_docs": self.n_docs, "vocab_size": int(self.postings.shape[1]),
-                   "nnz_per_doc": round(self.nnz_per_doc(), 2), **dict(meta or {})}
-        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        with atomic_folder(folder, "sparse-index", overwrite=overwrite) as tmp:
+            sp.save_npz(tmp / "postings.npz", self.postings)
+            (tmp / "doc_ids.json").write_text(json.dumps(self.doc_ids))
+            if self.vocab is not None:
+                (tmp / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
+            sidecar = {"type": "sparse-inverted", "n_docs": self.n_docs, "vocab_size": int(self.postings.shape[1]),
+                       "nnz_per_doc": round(self.nnz_per_doc(), 2), **dict(meta or {})}
+            (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1))
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> tuple[SparseIndex, dict]:
+        """``(index, meta)`` of an index folder, checked: sidecar, postings, doc ids and vocabulary agree."""
+        from retrieval_kd.errors import IntegrityError
+        from retrieval_kd.index.dense import read_doc_ids, read_sidecar
+
         folder = Path(folder)
         if not (folder / SIDECAR).exists():
             raise FileNotFoundError(f"{folder}: not a sparse index folder (no {SIDECAR}); build one with "
                                     "`rkd index build sparse`")
-        meta = json.loads((folder / SIDECAR).read_text())
-        postings = sp.load_npz(folder / "postings.npz")
-        doc_ids = json.loads((folder / "doc_ids.json").read_text())
+        meta = read_sidecar(folder)
+        if not isinstance(meta, dict) or meta.get("type") != "sparse-inverted":
+            kind = meta.get("type", "dense") if isinstance(meta, dict) else "unknown"
+            raise IntegrityError(f"{folder}: a {kind} index, not a sparse inverted index")
+        try:
+            postings = sp.load_npz(folder / "postings.npz")
+        except FileNotFoundError:
+            raise IntegrityError(f"{folder / 'postings.npz'}: missing; the index folder is incomplete, rebuild it")
+        except (OSError, ValueError, KeyError, EOFError) as exc:  # zip/npz damage (numpy raises these)
+            raise IntegrityError(f"{folder / 'postings.npz'}: unreadable ({exc}); rebuild the index") from None
+        doc_ids = read_doc_ids(folder / "doc_ids.json", postings.shape[0])
         vocab_file = folder / "vocab.json"
-        vocab = json.loads(vocab_file.read_text()) if vocab_file.exists() else None
+        vocab = read_sidecar(folder, "vocab.json") if vocab_file.exists() else None
+        if vocab is not None and len(vocab) != postings.shape[1]:
+            raise IntegrityError(f"{vocab_file}: {len(vocab)} tokens for postings over {postings.shape[1]}; "
+                                 "rebuild the index")
+        if int(meta.get("n_docs", postings.shape[0])) != postings.shape[0]:
+            raise IntegrityError(f"{folder}: {SIDECAR} says {meta['n_docs']} documents, postings hold "
+                                 f"{postings.shape[0]}; rebuild the index")
         return cls(postings, doc_ids, vocab), meta
 
     # -- exports -------------------------------------------------------------------------------------------------

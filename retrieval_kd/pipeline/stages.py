@@ -125,8 +125,8 @@ def teach(ctx: Context) -> dict:
         score_candidates(m, train, cands, store)
     weights, fitted_value = tc.weights, None
     if weights is None and tc.fit_weights and len(members) > 1:
-        with ScoreStore(store) as s:
-            runs = [s.get(m.fingerprint) for m in members]
+        with ScoreStore(store) as s:  # the current candidates' queries only (the store may hold others)
+            runs = [s.get(m.fingerprint, qids=list(cands)) for m in members]
         weights, fitted_value = fit_weights(runs, train.qrels(cfg.train_split), tc.normalization, step=tc.fit_step)
         weights = [round(float(w), 6) for w in weights]
         logger.info("ensemble weights fitted on %s/%s: %s (nDCG@10 there %.4f)", cfg.dataset, cfg.train_split,
@@ -150,7 +150,7 @@ def teach(ctx: Context) -> dict:
             for i, t in enumerate([*eval_members, eval_ensemble]):
                 label = "ensemble" if t is eval_ensemble else f"teacher{i}-{_slug(t.name)}"
                 files[label] = t.name
-                write_run(s.get(t.fingerprint), ctx.runs_dir(ev.name) / f"{label}.run", tag=label)
+                write_run(s.get(t.fingerprint, qids=list(top)), ctx.runs_dir(ev.name) / f"{label}.run", tag=label)
         summary["rerank"][ev.name] = files
     return summary
 
@@ -203,7 +203,7 @@ def build_indexes(ctx: Context) -> dict:
     and the sparse student's inverted index."""
     from retrieval_kd.encoders import corpus_embeddings, query_embeddings
     from retrieval_kd.index import export_faiss
-    from retrieval_kd.index.dense import build_faiss_index, bytes_per_vector, save_index
+    from retrieval_kd.index.dense import build_faiss_index, bytes_per_vector, corpus_identity, save_index
     from retrieval_kd.quantization import DistillVQConfig, train_distill_vq
 
     cfg, ix = ctx.config, ctx.config.index
@@ -223,7 +223,8 @@ def build_indexes(ctx: Context) -> dict:
             for name in index_names(cfg):
                 kind, size = (name.rsplit("-", 1) if name not in ("flat", "hnsw") else (name, None))
                 t0 = time.perf_counter()
-                meta = {"encoder": model, "max_seq_length": max_len, "kind": kind, "dataset": ev.dataset}
+                meta = {"encoder": model, "max_seq_length": max_len, "kind": kind, "dataset": ev.dataset,
+                        **corpus_identity(coll.corpus)}
                 if kind == "distill-vq":
                     params = {"pseudo_queries": 3000, "seed": 0, **ix.distill_vq, "nlist": ix.nlist, "m": int(size)}
                     trained = train_distill_vq(docs, train_q, DistillVQConfig(**params))
@@ -245,6 +246,7 @@ def build_indexes(ctx: Context) -> dict:
 
 def _sparse_index(ctx: Context, coll, folder: Path) -> dict:
     from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors
+    from retrieval_kd.index.dense import corpus_identity
     from retrieval_kd.index.sparse import SparseIndex
 
     config = student_config(ctx.config, "sparse")
@@ -252,7 +254,8 @@ def _sparse_index(ctx: Context, coll, folder: Path) -> dict:
     vectors = sparse_corpus_vectors(config.output_dir, coll.corpus, config.max_seq_length, encoder=model)
     vocab = [t for t, _ in sorted(model.tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
     index = SparseIndex.build(vectors, coll.corpus.ids, prune=ctx.config.index.sparse_prune, vocab=vocab)
-    index.save(folder, {"encoder": config.output_dir, "prune": ctx.config.index.sparse_prune})
+    index.save(folder, {"encoder": config.output_dir, "prune": ctx.config.index.sparse_prune,
+                        **corpus_identity(coll.corpus)})
     return {"nnz_per_doc": round(index.nnz_per_doc(), 1)}
 
 
@@ -284,7 +287,7 @@ def retrieve(ctx: Context) -> dict:
     3, all queries in one batch) against Recall@10 = the share of exact search's top-10 found."""
     from retrieval_kd.data import write_run
     from retrieval_kd.encoders import query_embeddings
-    from retrieval_kd.index.dense import load_index, search_threads
+    from retrieval_kd.index.dense import check_corpus, load_index, search_threads
     from retrieval_kd.search.dense import dense_search
 
     cfg, ix = ctx.config, ctx.config.index
@@ -309,6 +312,7 @@ def retrieve(ctx: Context) -> dict:
             exact = None
             for name in index_names(cfg):
                 index, doc_ids, meta = load_index(ctx.index_dir(ev.corpus) / name)
+                check_corpus(meta, coll.corpus, ctx.index_dir(ev.corpus) / name, doc_ids)
                 nprobe = ix.nprobe if meta.get("nlist") else None
                 with search_threads(ix.threads):
                     (scores, rows), qps = _timed_search(index, q, min(k, index.ntotal), nprobe)
@@ -332,7 +336,8 @@ def retrieve(ctx: Context) -> dict:
             from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex
 
             config = student_config(cfg, "sparse")
-            index, _ = SparseIndex.load(ctx.index_dir(ev.corpus) / "sparse")
+            index, sparse_meta = SparseIndex.load(ctx.index_dir(ev.corpus) / "sparse")
+            check_corpus(sparse_meta, coll.corpus, ctx.index_dir(ev.corpus) / "sparse", index.doc_ids)
             query_side = QueryTokenizer.from_sparse_encoder(load_sparse_encoder(config.output_dir))
             t0 = time.perf_counter()
             run = index.search_many(query_side.encode_many(queries), k=k)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,13 +101,15 @@ def last_dev_metrics(trainer) -> dict[str, float]:
     return {k[5:]: float(v) for k, v in (evals[-1] if evals else {}).items() if k.startswith("eval_dev_")}
 
 
-def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) -> dict[str, Any]:
+def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, overwrite: bool = False) -> dict[str, Any]:
     """Train the student that ``config`` describes and save it to ``config.output_dir``.
 
     Args:
         config: the run.
         collection: an already loaded collection (default: ``config.data.dataset``).
         callbacks: extra ``transformers.TrainerCallback`` objects.
+        overwrite: replace ``output_dir`` even if retrieval-kd did not write it as a dense student (checked
+            before training starts, so a refused folder fails at once).
 
     Returns a summary: output folder, training seconds, final training loss, dev metrics, teacher fingerprint.
     """
@@ -118,6 +119,11 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
     from retrieval_kd.students.data import DistillationCollator, InBatchTeacher, StoredInBatchTeacher, dev_evaluator
     from retrieval_kd.students.losses import LOSSES, build_loss
 
+    from retrieval_kd.models.resolve import resolve_model
+    from retrieval_kd.utils.fs import check_output_folder
+
+    check_output_folder(config.output_dir, "dense-student", overwrite)
+    resolve_model(config.model, "student model")  # before the training data is prepared
     t0 = time.perf_counter()
     data = prepare_training_data(config, collection)
     collection, run, qrels, level = data.collection, data.run, data.qrels, data.level
@@ -158,7 +164,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None) ->
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
-        _save(model, config, summary, clusters)
+        _save(model, config, summary, clusters, overwrite=overwrite)
     return summary
 
 
@@ -184,22 +190,20 @@ def _query_clusters(config: DenseTrainingConfig, collection, train_q: list[str],
 
 
 def _save(model, config: DenseTrainingConfig, summary: dict, clusters: dict | None = None,
-          card: str | None = None) -> None:
-    """Save the SentenceTransformer folder atomically (temporary folder, then rename) with a model card."""
+          card: str | None = None, kind: str = "dense-student", overwrite: bool = False) -> None:
+    """Save the SentenceTransformer folder atomically (:func:`retrieval_kd.utils.fs.atomic_folder`) with a model
+    card; an existing folder is replaced only when retrieval-kd wrote it as a student of the same kind."""
+    from retrieval_kd.utils.fs import atomic_folder
+
     out = Path(config.output_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save(str(tmp))
-    readme = tmp / "README.md"
-    readme.write_text((readme.read_text() if readme.exists() else "") + (card or _card_section(config, summary)))
-    if clusters is not None:
-        (tmp / "rkd_clusters.json").write_text(json.dumps(clusters, sort_keys=True))
-    (tmp / "rkd_training.json").write_text(json.dumps({"config": config.to_dict(), "summary": summary}, indent=1,
-                                                      default=str))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out, kind, overwrite=overwrite) as tmp:
+        model.save(str(tmp))
+        readme = tmp / "README.md"
+        readme.write_text((readme.read_text() if readme.exists() else "") + (card or _card_section(config, summary)))
+        if clusters is not None:
+            (tmp / "rkd_clusters.json").write_text(json.dumps(clusters, sort_keys=True))
+        (tmp / "rkd_training.json").write_text(json.dumps({"config": config.to_dict(), "summary": summary}, indent=1,
+                                                          default=str))
     logger.info("saved %s", out)
 
 

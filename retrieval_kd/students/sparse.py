@@ -189,8 +189,11 @@ def calibrate_teacher_scale(model, dataset, n_pairs: int = 128, seed: int = 0) -
     return scale
 
 
-def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) -> dict[str, Any]:
-    """Train the inference-free student that ``config`` describes; save a SparseEncoder folder to ``output_dir``."""
+def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, overwrite: bool = False) -> dict[str, Any]:
+    """Train the inference-free student that ``config`` describes; save a SparseEncoder folder to ``output_dir``.
+
+    ``output_dir`` is replaced only when retrieval-kd wrote it as a sparse student, unless ``overwrite`` (checked
+    before training starts)."""
     from sentence_transformers.sparse_encoder.callbacks.splade_callbacks import SpladeRegularizerWeightSchedulerCallback
     from sentence_transformers.sparse_encoder.losses import SparseDistillKLDivLoss, SparseMarginMSELoss, SpladeLoss
     from sentence_transformers.sparse_encoder.trainer import SparseEncoderTrainer
@@ -198,7 +201,11 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) 
 
     from retrieval_kd.students.data import DistillationCollator
     from retrieval_kd.students.dense import _save, last_dev_metrics, prepare_training_data, resume_point
+    from retrieval_kd.models.resolve import resolve_model
+    from retrieval_kd.utils.fs import check_output_folder
 
+    check_output_folder(config.output_dir, "sparse-student", overwrite)
+    resolve_model(config.model, "student model")  # before the training data is prepared
     t0 = time.perf_counter()
     data = prepare_training_data(config, collection)
     idf = None
@@ -240,7 +247,8 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None) 
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
-        _save(model, config, summary, data.clusters, _card_section(config, summary))
+        _save(model, config, summary, data.clusters, _card_section(config, summary), kind="sparse-student",
+              overwrite=overwrite)
     return summary
 
 

@@ -72,8 +72,9 @@ def export_jsonl(run, qrels, path: str | os.PathLike, level: int = 1, n_negative
 
 
 def to_hf_dataset(run, qrels, collection, queries: Mapping[str, str] | None = None, level: int = 1,
-                  max_negatives: int | None = None, path: str | os.PathLike | None = None):
-    """A ``datasets.Dataset`` of (query, positive, negative, label=margin) rows with texts; saved if ``path``."""
+                  max_negatives: int | None = None, path: str | os.PathLike | None = None, overwrite: bool = False):
+    """A ``datasets.Dataset`` of (query, positive, negative, label=margin) rows with texts; saved if ``path``
+    (atomically; an existing folder only replaced when retrieval-kd wrote it as such a dataset, or ``overwrite``)."""
     import datasets
 
     queries = queries or collection.all_queries
@@ -92,12 +93,8 @@ def to_hf_dataset(run, qrels, collection, queries: Mapping[str, str] | None = No
         "label": [r[3] - r[4] for r in rows],
     })
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        ds.save_to_disk(str(tmp))
-        if path.exists():
-            import shutil
+        from retrieval_kd.utils.fs import atomic_folder
 
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with atomic_folder(path, "teacher-dataset", overwrite=overwrite) as tmp:
+            ds.save_to_disk(str(tmp))
     return ds

@@ -11,8 +11,15 @@ Under ``torchrun`` each rank writes its own shard file (``scores.rank<R>.sqlite`
 one file (safe on network filesystems too); :meth:`ScoreStore.merge_shards` folds shards into the main file
 with ``INSERT OR IGNORE`` and removes them.
 
+What a stored score means depends on more than the teacher: the query's text, the corpus the passages come from
+and, for listwise teachers, the whole candidate list. Each query's "done" mark therefore records a ``context`` key
+(query text, corpus key, and for listwise teachers the ordered candidate list) and the key of its candidate set;
+:func:`retrieval_kd.teachers.runner.score_candidates` compares both before it skips a query, rescores what no longer
+matches and removes pairs that are no longer candidates, so the store always holds the scores of the candidates it
+was last given, never stale ones.
+
 Layout of a store folder: ``scores.sqlite`` with tables ``teachers`` (fingerprint -> spec and config),
-``scores`` (fingerprint, qid, did, score) and ``done`` (fingerprint, qid).
+``scores`` (fingerprint, qid, did, score) and ``done`` (fingerprint, qid, context, candidates).
 """
 
 from __future__ import annotations
@@ -44,9 +51,12 @@ CREATE TABLE IF NOT EXISTS scores (
 CREATE TABLE IF NOT EXISTS done (
     fingerprint TEXT NOT NULL,
     qid TEXT NOT NULL,
+    context TEXT,
+    candidates TEXT,
     PRIMARY KEY (fingerprint, qid)
 ) WITHOUT ROWID;
 """
+_DONE_COLUMNS = ("context", "candidates")  # added in store version 2; a version-1 mark (NULL) counts as stale
 
 
 class ScoreStore:
@@ -60,15 +70,28 @@ class ScoreStore:
     MAIN = "scores.sqlite"
 
     def __init__(self, path: str | os.PathLike, shard: int | None = None):
+        from retrieval_kd.errors import IntegrityError
+
         self.path = Path(path)
         if self.path.suffix == ".sqlite":
             raise ValueError(f"{self.path}: a score store is a folder; pass its folder, not the sqlite file")
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path}: a score store is a folder, and this is a file")
         self.path.mkdir(parents=True, exist_ok=True)
         self.file = self.path / (self.MAIN if shard is None else f"scores.rank{shard}.sqlite")
-        self._conn = sqlite3.connect(self.file, timeout=120, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        try:
+            # a long busy timeout: two commands sharing a store wait for each other's transactions
+            self._conn = sqlite3.connect(self.file, timeout=120, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(done)")}
+            for column in _DONE_COLUMNS:
+                if column not in columns:
+                    self._conn.execute(f"ALTER TABLE done ADD COLUMN {column} TEXT")
+        except sqlite3.DatabaseError as exc:
+            raise IntegrityError(f"{self.file}: not a readable score store ({exc}); move it away and score "
+                                 "again, or point --store at another folder") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -86,24 +109,45 @@ class ScoreStore:
             (fingerprint, name, json.dumps(dict(config), sort_keys=True, default=str)),
         )
 
-    def put_query(self, fingerprint: str, qid: str, scores: Mapping[str, float]) -> None:
-        """Store all scores of one query and mark it done, in one transaction."""
-        with self._transaction() as cur:
-            cur.executemany(
-                "INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?)",
-                [(fingerprint, qid, did, float(s)) for did, s in scores.items()],
-            )
-            cur.execute("INSERT OR IGNORE INTO done VALUES (?, ?)", (fingerprint, qid))
+    def put_query(self, fingerprint: str, qid: str, scores: Mapping[str, float], context: str | None = None,
+                  candidates: str | None = None, replace: bool = False) -> None:
+        """Store all scores of one query and mark it done, in one transaction (see :meth:`put_many`)."""
+        self.put_many(fingerprint, {qid: scores}, {qid: (context, candidates)} if context else None,
+                      replace={qid} if replace else ())
 
-    def put_many(self, fingerprint: str, by_query: Mapping[str, Mapping[str, float]]) -> None:
-        """Store several queries at once (one transaction; each query marked done)."""
+    def put_many(self, fingerprint: str, by_query: Mapping[str, Mapping[str, float]],
+                 keys: Mapping[str, tuple[str | None, str | None]] | None = None, replace: Iterable[str] = (),
+                 remove: Mapping[str, Iterable[str]] | None = None) -> None:
+        """Store several queries at once, each marked done, in one transaction.
+
+        Args:
+            keys: ``{qid: (context, candidates)}`` recorded with each done mark (what the scores depend on).
+            replace: queries whose stored scores are all deleted first (rescored from scratch).
+            remove: ``{qid: doc ids}`` pairs deleted first (no longer candidates).
+
+        Raises:
+            ValueError: a score is not a finite number (NaN would be dropped by SQLite without a word).
+        """
+        import math
+
+        keys = keys or {}
+        rows = []
+        for qid, scores in by_query.items():
+            for did, s in scores.items():
+                value = float(s)
+                if not math.isfinite(value):
+                    raise ValueError(f"teacher {fingerprint}: score {value} for query {qid!r}, doc {did!r} is not a "
+                                     "finite number; nothing of this batch was stored")
+                rows.append((fingerprint, qid, did, value))
         with self._transaction() as cur:
-            for qid, scores in by_query.items():
-                cur.executemany(
-                    "INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?)",
-                    [(fingerprint, qid, did, float(s)) for did, s in scores.items()],
-                )
-                cur.execute("INSERT OR IGNORE INTO done VALUES (?, ?)", (fingerprint, qid))
+            for qid in replace:
+                cur.execute("DELETE FROM scores WHERE fingerprint = ? AND qid = ?", (fingerprint, qid))
+            for qid, dids in (remove or {}).items():
+                cur.executemany("DELETE FROM scores WHERE fingerprint = ? AND qid = ? AND did = ?",
+                                [(fingerprint, qid, d) for d in dids])
+            cur.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?)", rows)
+            cur.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
+                            [(fingerprint, qid, *keys.get(qid, (None, None))) for qid in by_query])
 
     class _Tx:
         def __init__(self, conn):
@@ -129,6 +173,11 @@ class ScoreStore:
     def done_queries(self, fingerprint: str) -> set[str]:
         rows = self._conn.execute("SELECT qid FROM done WHERE fingerprint = ?", (fingerprint,))
         return {r[0] for r in rows}
+
+    def done_keys(self, fingerprint: str) -> dict[str, tuple[str | None, str | None]]:
+        """``{qid: (context, candidates)}`` of the queries marked done for a teacher (``None`` for version-1 marks)."""
+        rows = self._conn.execute("SELECT qid, context, candidates FROM done WHERE fingerprint = ?", (fingerprint,))
+        return {q: (c, k) for q, c, k in rows}
 
     def get(self, fingerprint: str, qids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
         """Scores ``{qid: {did: score}}`` of one teacher (optionally only some queries)."""
@@ -172,37 +221,42 @@ class ScoreStore:
         """Copy one teacher's scores (and done marks) from another store folder; returns the rows added.
 
         Fingerprints name the teacher's configuration, so scores of the same teacher on the same candidates are
-        interchangeable between stores: an expensive teacher is scored once and shared.
+        interchangeable between stores: an expensive teacher is scored once and shared. The done marks travel with
+        their context keys, so scores imported for other query texts, another corpus or other candidates are
+        rescored by :func:`~retrieval_kd.teachers.runner.score_candidates`, not trusted.
         """
         src = Path(other) / self.MAIN
         if not src.exists():
             raise FileNotFoundError(f"{other}: no score store")
         before = self.count(fingerprint)
-        self._conn.execute("ATTACH DATABASE ? AS other", (str(src),))
-        try:
-            with self._transaction() as cur:
-                cur.execute("INSERT OR IGNORE INTO teachers SELECT * FROM other.teachers WHERE fingerprint = ?",
-                            (fingerprint,))
-                cur.execute("INSERT OR IGNORE INTO scores SELECT * FROM other.scores WHERE fingerprint = ?",
-                            (fingerprint,))
-                cur.execute("INSERT OR IGNORE INTO done SELECT * FROM other.done WHERE fingerprint = ?", (fingerprint,))
-        finally:
-            self._conn.execute("DETACH DATABASE other")
+        self._fold(src, fingerprint)
         added = self.count(fingerprint) - before
         logger.info("imported %d scores of %s from %s", added, fingerprint, other)
         return added
+
+    def _fold(self, other_file: Path, fingerprint: str | None = None) -> None:
+        """Copy another store file's queries (of one teacher, or all) into this one; a query it holds replaces
+        this store's version of it whole (its scores and its done mark), so no stale pair survives."""
+        where, args = ("WHERE fingerprint = ?", (fingerprint,)) if fingerprint else ("", ())
+        self._conn.execute("ATTACH DATABASE ? AS other", (str(other_file),))
+        try:
+            columns = {row[1] for row in self._conn.execute("PRAGMA other.table_info(done)")}
+            done_cols = "fingerprint, qid, " + ", ".join(c if c in columns else "NULL" for c in _DONE_COLUMNS)
+            with self._transaction() as cur:
+                cur.execute(f"INSERT OR IGNORE INTO teachers SELECT * FROM other.teachers {where}", args)
+                cur.execute("DELETE FROM scores WHERE (fingerprint, qid) IN "
+                            f"(SELECT fingerprint, qid FROM other.done {where})", args)
+                cur.execute(f"INSERT OR REPLACE INTO scores SELECT * FROM other.scores {where}", args)
+                cur.execute(f"INSERT OR REPLACE INTO done SELECT {done_cols} FROM other.done {where}", args)
+        finally:
+            self._conn.execute("DETACH DATABASE other")
 
     # -- distributed -------------------------------------------------------------------------------------------
     def merge_shards(self) -> int:
         """Fold every ``scores.rank*.sqlite`` of the folder into the main file; returns the rows added."""
         before = self.count()
         for shard in sorted(self.path.glob("scores.rank*.sqlite")):
-            self._conn.execute("ATTACH DATABASE ? AS shard", (str(shard),))
-            with self._transaction() as cur:
-                cur.execute("INSERT OR IGNORE INTO teachers SELECT * FROM shard.teachers")
-                cur.execute("INSERT OR IGNORE INTO scores SELECT * FROM shard.scores")
-                cur.execute("INSERT OR IGNORE INTO done SELECT * FROM shard.done")
-            self._conn.execute("DETACH DATABASE shard")
+            self._fold(shard)
             for suffix in ("", "-wal", "-shm"):
                 Path(str(shard) + suffix).unlink(missing_ok=True)
         added = self.count() - before

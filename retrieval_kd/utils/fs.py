@@ -11,9 +11,11 @@
   (``rkd_index.json``, ``rkd_training.json``).
 * :func:`file_lock` keeps two processes from writing the same thing: writers of a folder refuse at once
   (:class:`~retrieval_kd.errors.LockedError`, naming the other process), cache builders wait for each other.
+  Lock files live under ``<cache>/locks/``, never beside the user's files.
 * :func:`sweep_stale_temps` removes the temporary files and folders of writers that were killed (their process
   no longer exists), so a ``kill -9`` leaves nothing behind for long.
 * :func:`sha256_file` is the one file hash (optionally over the un-gzipped content, as manifests record it).
+  :func:`sha256_memo` remembers it by (path, size, mtime), so a large file is hashed once.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from retrieval_kd.errors import FolderExistsError, LockedError
 logger = logging.getLogger(__name__)
 
 __all__ = ["MARKER", "FOLDER_KINDS", "atomic_folder", "check_output_folder", "folder_kind", "recover_folder",
-           "file_lock", "sweep_stale_temps", "temp_name", "sha256_file"]
+           "file_lock", "sweep_stale_temps", "temp_name", "sha256_file", "sha256_memo"]
 
 MARKER = "rkd_folder.json"
 #: what each kind of folder is (the marker's ``kind``); a folder is only ever replaced by one of the same kind
@@ -114,17 +116,22 @@ def sweep_stale_temps(target: str | os.PathLike, suffixes: tuple[str, ...] = (".
 @contextlib.contextmanager
 def file_lock(target: str | os.PathLike, what: str = "", wait: bool = False,
               timeout: float | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``target`` (the file ``.<name>.lock`` beside it) inside the block.
+    """Hold an exclusive lock on ``target`` inside the block.
 
     ``wait=False``: another holder means :class:`LockedError` at once, naming its pid. ``wait=True``: block until
-    it is free (``timeout`` seconds at most, then :class:`LockedError`). The lock dies with its process, so a
-    ``kill -9`` never leaves a folder locked.
+    it is free (``timeout`` seconds at most, then :class:`LockedError`). The lock is an ``flock`` on a file under
+    ``<cache>/locks/`` named after the target's absolute path (nothing is added beside the user's files); it dies
+    with its process, so a ``kill -9`` never leaves anything locked.
     """
     import fcntl
 
+    from retrieval_kd.paths import cache_dir
+
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.with_name(f".{target.name}.lock")
+    where = str(target.absolute().resolve(strict=False))
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock_path = locks / f"{hashlib.sha256(where.encode()).hexdigest()[:20]}-{re.sub(r'[^A-Za-z0-9_.-]', '_', target.name)[-40:]}.lock"
     fh = open(lock_path, "a+")
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -272,3 +279,38 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def sha256_memo(path: str | os.PathLike, memo_file: str | os.PathLike, gunzip: bool = False) -> str:
+    """:func:`sha256_file`, remembered by (resolved path, size, mtime_ns) in the small JSON file ``memo_file``.
+
+    An 8.8M-passage corpus is hashed once, not on every start; a file that is rewritten (new size or mtime) is
+    hashed again and its older entries are dropped. A memo that is absent, torn or not writable only costs a hash.
+    """
+    path = Path(path)
+    st = path.stat()
+    where = f"{path.resolve()}|"
+    stamp = f"{where}{st.st_size}|{st.st_mtime_ns}" + ("|content" if gunzip else "")
+    memo_file = Path(memo_file)
+    try:
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if not isinstance(memo, dict):
+        memo = {}
+    digest = memo.get(stamp)
+    if isinstance(digest, str) and len(digest) == 64:
+        return digest
+    if st.st_size > 1 << 26:
+        logger.info("%s: computing its sha256 (%d MiB; remembered in %s)", path, st.st_size >> 20, memo_file)
+    digest = sha256_file(path, gunzip=gunzip)
+    memo = {k: v for k, v in memo.items() if not (k.startswith(where) and k.endswith("|content") == gunzip)}
+    memo[stamp] = digest
+    try:
+        from retrieval_kd.data.formats import atomic_write
+
+        with atomic_write(memo_file) as out:
+            json.dump(memo, out, indent=0)
+    except OSError as exc:  # a read-only cache: the digest is still right, only not remembered
+        logger.debug("%s: cannot remember the digest (%s)", memo_file, exc)
+    return digest
