@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -114,6 +115,7 @@ class SparseIndex:
     def save(self, folder: str | os.PathLike, meta: Mapping | None = None, overwrite: bool = False) -> Path:
         """Write the index folder atomically (:func:`retrieval_kd.utils.fs.atomic_folder`); an existing folder is
         replaced only when retrieval-kd wrote it as a sparse index (else ``overwrite=True``)."""
+        from retrieval_kd.index.dense import doc_ids_digest
         from retrieval_kd.utils.fs import atomic_folder
 
         folder = Path(folder)
@@ -123,7 +125,8 @@ class SparseIndex:
             if self.vocab is not None:
                 (tmp / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
             sidecar = {"type": "sparse-inverted", "n_docs": self.n_docs, "vocab_size": int(self.postings.shape[1]),
-                       "nnz_per_doc": round(self.nnz_per_doc(), 2), **dict(meta or {})}
+                       "nnz_per_doc": round(self.nnz_per_doc(), 2), "doc_ids_sha256": doc_ids_digest(self.doc_ids),
+                       **dict(meta or {})}
             (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1))
         return folder
 
@@ -145,9 +148,9 @@ class SparseIndex:
             postings = sp.load_npz(folder / "postings.npz")
         except FileNotFoundError:
             raise IntegrityError(f"{folder / 'postings.npz'}: missing; the index folder is incomplete, rebuild it")
-        except (OSError, ValueError, KeyError, EOFError) as exc:  # zip/npz damage (numpy raises these)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # npz (zip) damage
             raise IntegrityError(f"{folder / 'postings.npz'}: unreadable ({exc}); rebuild the index") from None
-        doc_ids = read_doc_ids(folder / "doc_ids.json", postings.shape[0])
+        doc_ids = read_doc_ids(folder / "doc_ids.json", postings.shape[0], meta.get("doc_ids_sha256"))
         vocab_file = folder / "vocab.json"
         vocab = read_sidecar(folder, "vocab.json") if vocab_file.exists() else None
         if vocab is not None and len(vocab) != postings.shape[1]:
