@@ -168,3 +168,130 @@ def test_irds_adapter_exports_beir_layout():
     assert c.splits == ["test"]
     assert c.qrels("test") == {"q1": {"d1": 1}}
     assert c.corpus["d1"] == {"_id": "d1", "title": "T", "text": "alpha"}
+
+
+# -- integrity of files found in the mirror or the cache ------------------------------------------------------------
+CORPUS_LINES = b"".join(b'{"_id": "d%d", "title": "", "text": "passage %d"}\n' % (i, i) for i in range(6))
+QUERIES = b'{"_id": "q1", "text": "passage one"}\n{"_id": "q2", "text": "passage two"}\n'
+QRELS = b"q1\t0\td1\t1\nq2\t0\td2\t1\n"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tiny_mirrored(tmp_path: Path, monkeypatch, name: str) -> Path:
+    """A registered three-file dataset with sha256s, in a private mirror (corpus gzipped there)."""
+    folder = tmp_path / "mirror" / name
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl.gz").write_bytes(gzip.compress(CORPUS_LINES, mtime=0))
+    (folder / "queries.jsonl").write_bytes(QUERIES)
+    (folder / "qrels" / "test.tsv").write_bytes(QRELS)
+    register(Manifest(
+        name=name, mirror_folder=name,
+        corpus=FileSpec(path="corpus.jsonl", sha256=_sha(CORPUS_LINES)),
+        queries=FileSpec(path="queries.jsonl", sha256=_sha(QUERIES)),
+        qrels={"test": FileSpec(path="qrels/test.tsv", sha256=_sha(QRELS))},
+    ))
+    monkeypatch.setenv("RKD_DATA_MIRROR", str(tmp_path / "mirror"))
+    return folder
+
+
+def test_mirror_files_are_checked_against_the_manifest(tmp_path, monkeypatch):
+    from retrieval_kd.errors import IntegrityError
+
+    folder = _tiny_mirrored(tmp_path, monkeypatch, "tiny-mirror-sha")
+    c = load_collection("tiny-mirror-sha")  # the gzipped corpus is compared over its content
+    assert len(c.corpus) == 6 and c.qrels("test") == {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    cut = QRELS.splitlines(keepends=True)[0]  # a copy with lines cut
+    (folder / "qrels" / "test.tsv").write_bytes(cut)
+    with pytest.raises(IntegrityError) as info:
+        load_collection("tiny-mirror-sha")
+    message = str(info.value)
+    assert str(folder / "qrels" / "test.tsv") in message
+    assert _sha(QRELS) in message and _sha(cut) in message  # expected and actual
+    assert "replace it in the mirror" in message and "\n" not in message
+    lines = CORPUS_LINES.splitlines(keepends=True)
+    (folder / "qrels" / "test.tsv").write_bytes(QRELS)
+    (folder / "corpus.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[:-1]), mtime=0))
+    with pytest.raises(IntegrityError, match=r"corpus\.jsonl\.gz: content sha256 .* differs from " + _sha(CORPUS_LINES)):
+        load_collection("tiny-mirror-sha")
+
+
+def test_a_cut_mirror_copy_fails_rkd_data_check_in_one_line(tmp_path, monkeypatch, capsys):
+    from retrieval_kd.cli.main import main
+
+    folder = _tiny_mirrored(tmp_path, monkeypatch, "tiny-mirror-check")
+    assert main(["data", "check", "tiny-mirror-check"]) == 0
+    assert "3 of 3 files match the manifest" in capsys.readouterr().out
+    (folder / "queries.jsonl").write_bytes(QUERIES.splitlines(keepends=True)[0])
+    assert main(["data", "check", "tiny-mirror-check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rkd data: error: ") and "queries.jsonl" in err and "\n" not in err
+
+
+def test_a_corrupt_gzip_mirror_copy_is_named(tmp_path, monkeypatch):
+    from retrieval_kd.data import DataFormatError
+
+    folder = _tiny_mirrored(tmp_path, monkeypatch, "tiny-mirror-gz")
+    packed = (folder / "corpus.jsonl.gz").read_bytes()
+    (folder / "corpus.jsonl.gz").write_bytes(packed[:-12])
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl\.gz: cannot read its content"):
+        load_collection("tiny-mirror-gz")
+
+
+def test_digests_are_remembered_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import os
+
+    from retrieval_kd.utils import fs
+
+    folder = _tiny_mirrored(tmp_path, monkeypatch, "tiny-mirror-memo")
+    hashed = []
+    real = fs.sha256_file
+    monkeypatch.setattr(fs, "sha256_file", lambda path, gunzip=False: hashed.append(Path(path).name) or real(path, gunzip))
+    load_collection("tiny-mirror-memo")
+    assert sorted(hashed) == ["corpus.jsonl.gz", "queries.jsonl", "test.tsv"]
+    hashed.clear()
+    load_collection("tiny-mirror-memo")
+    assert hashed == [], "a second start hashes nothing"
+    os.utime(folder / "queries.jsonl", ns=(1, 1))  # touched: hashed again, and still matching
+    load_collection("tiny-mirror-memo")
+    assert hashed == ["queries.jsonl"]
+
+
+def test_a_cached_file_is_checked_too(tmp_path, monkeypatch):
+    from retrieval_kd.errors import IntegrityError
+    from retrieval_kd.paths import cache_dir
+
+    monkeypatch.delenv("RKD_DATA_MIRROR", raising=False)
+    content = b"1\tfirst query\n2\tsecond query\n"
+    manifest = _manifest(tmp_path, content, hashlib.sha256(content).hexdigest())
+    manifest = Manifest(**{**manifest.__dict__, "name": "tiny-cache-sha"})
+    (tmp_path / "served" / "qrels.txt").write_text("1 0 d1 1\n")
+    register(manifest)
+    load_collection("tiny-cache-sha")
+    cached = cache_dir() / "tiny-cache-sha" / "topics.tsv"
+    cached.write_bytes(content.splitlines(keepends=True)[0])
+    with pytest.raises(IntegrityError, match=r"topics\.tsv: content sha256 .* delete it and run again"):
+        load_collection("tiny-cache-sha")
+    cached.unlink()  # as the message says: fetched anew, and right again
+    assert load_collection("tiny-cache-sha").all_queries == {"1": "first query", "2": "second query"}
+
+
+def test_corpus_store_key_and_manifest_check_share_one_digest_helper(tmp_path):
+    import retrieval_kd.data.collection as collection
+    import retrieval_kd.data.corpus as corpus
+    from retrieval_kd.utils.fs import sha256_memo
+
+    assert corpus.sha256_memo is sha256_memo and collection.sha256_memo is sha256_memo
+
+
+def test_a_malformed_manifest_is_one_config_error(tmp_path):
+    from retrieval_kd.errors import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    for text, message in [("name: x\nconventions: {relevance_levle: 2}\n", "malformed dataset manifest"),
+                          ("name: [x\n", "not a valid YAML manifest"), ("- a list\n", "a dataset manifest is a YAML mapping")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=rf"bad\.yaml: {message}"):
+            Manifest.from_yaml(path)

@@ -101,3 +101,56 @@ def test_hf_dataset_view(tmp_path):
     corpus = Corpus(write_jsonl(tmp_path / "corpus.jsonl", DOCS), store_dir=tmp_path / "stores")
     ds = corpus.to_hf_dataset()
     assert ds.num_rows == 3 and ds[2]["_id"] == "10"
+
+
+def _gzip_lines(rows: list[dict]) -> bytes:
+    return gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(), mtime=0)
+
+
+def test_non_utf8_bytes_name_file_and_line_in_iteration_and_store(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(b'{"_id": "a", "text": "x"}\n{"_id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:2: not UTF-8 text"):
+        list(Corpus(path))
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:2: not UTF-8 text"):
+        Corpus(path, store_dir=tmp_path / "stores").validate()
+    assert not list((tmp_path / "stores").glob("*.arrow*")), "a failed build must leave no store behind"
+
+
+def test_truncated_gzip_corpus_names_the_file(tmp_path):
+    packed = _gzip_lines([{"_id": f"d{i}", "text": f"text number {i} " * 8} for i in range(300)])
+    path = tmp_path / "corpus.jsonl.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl\.gz: the gzip data is truncated or corrupt after line"):
+        list(Corpus(path))
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl\.gz: the gzip data is truncated or corrupt"):
+        Corpus(path, store_dir=tmp_path / "stores").validate()
+    assert not [p for p in (tmp_path / "stores").iterdir() if p.suffix in (".arrow", ".tmp")]
+
+
+def test_empty_corpus_says_so(tmp_path):
+    for content in (b"", b"\n \n", gzip.compress(b"")):
+        path = tmp_path / "corpus.jsonl"
+        path.write_bytes(content)
+        with pytest.raises(DataFormatError, match=r"corpus\.jsonl: holds no documents"):
+            list(Corpus(path))
+        with pytest.raises(DataFormatError, match=r"corpus\.jsonl: holds no documents"):
+            Corpus(path, store_dir=tmp_path / "stores").validate()
+
+
+def test_ids_must_be_strings_or_integers(tmp_path):
+    path = write_jsonl(tmp_path / "corpus.jsonl", [{"_id": 1, "text": "x"}, {"_id": None, "text": "y"}])
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:2: document id must be a string or an integer, got None"):
+        list(Corpus(path))
+
+
+def test_has_is_a_vectorised_membership_mask(tmp_path):
+    corpus = Corpus(write_jsonl(tmp_path / "corpus.jsonl", DOCS), store_dir=tmp_path / "stores")
+    assert corpus.has(["10", "zz", "a", "0", "b"]).tolist() == [True, False, True, False, True]
+    assert corpus.has([]).tolist() == []
+    assert corpus.rows(["10", "a"]).tolist() == [2, 0]
+
+
+def test_a_directory_is_not_a_corpus(tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus file not found"):
+        Corpus(tmp_path)

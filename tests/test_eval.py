@@ -82,3 +82,100 @@ def test_official_trec_dl_2019_bm25_run(mirror, tmp_path, capsys):
     assert round(metrics["recall@1000"], 4) == 0.7501
     assert round(metrics["mrr@10"], 4) == 0.7024
     assert "0.5058" in capsys.readouterr().out
+
+
+# -- metric names ------------------------------------------------------------------------------------------------
+def test_validate_metrics_accepts_ranx_names():
+    from retrieval_kd.eval import validate_metrics
+
+    good = ["ndcg@10", "mrr@10", "recall@1000", "map", "precision@5", "hits@3", "hit_rate@10", "f1@10",
+            "r-precision", "bpref", "rbp.95", "ndcg_burges@10", "dcg@5", "recall@100-l2", "map-l2"]
+    assert validate_metrics(good) == good
+    assert validate_metrics("ndcg@10") == ["ndcg@10"]
+    assert validate_metrics(["map", "map"]) == ["map"]
+
+
+@pytest.mark.parametrize("metric, message", [
+    ("ndcg@-5", "cutoff after '@' must be an integer >= 1"),
+    ("ndcg@abc", "cutoff after '@' must be an integer >= 1"),
+    ("recall@0", "cutoff after '@' must be an integer >= 1"),
+    ("ndgc@10", "unknown metric 'ndgc@10' \\(did you mean 'ndcg@10'\\?\\)"),
+    ("NDCG@10", "did you mean 'ndcg@10'"),
+    ("bleu", "unknown metric 'bleu'"),
+    ("bpref@10", "bpref takes no cutoff"),
+    ("rbp", "rbp needs a persistence"),
+    ("map-lx", "relevance level after '-l' must be an integer"),
+    ("", "is not a metric name"),
+])
+def test_bad_metric_names_are_one_clear_config_error(metric, message):
+    from retrieval_kd.errors import ConfigError
+    from retrieval_kd.eval import validate_metrics
+
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_metrics(["ndcg@10", metric])
+    assert "accepted: ndcg, " in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=message):
+        evaluate(QRELS, RUN, [metric])
+    with pytest.raises(ConfigError, match=message):
+        compare(QRELS, {"a": RUN, "b": RUN}, [metric])
+
+
+def test_no_metrics_is_an_error():
+    from retrieval_kd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no metrics asked for"):
+        evaluate(QRELS, RUN, [])
+
+
+# -- non-finite scores and fractional grades in memory ------------------------------------------------------------
+def test_evaluate_refuses_nan_scores_and_fractional_grades():
+    from retrieval_kd.data import DataFormatError
+
+    with pytest.raises(DataFormatError, match="query 'q1', doc 'd1' has score nan"):
+        evaluate(QRELS, {"q1": {"d3": 3.0, "d1": float("nan")}}, ["ndcg@3"])
+    with pytest.raises(DataFormatError, match="query 'q1', doc 'd2' has grade 0.9"):
+        evaluate({"q1": {"d1": 2, "d2": 0.9}}, RUN, ["ndcg@3"])
+    assert evaluate({"q1": {"d1": 2.0, "d2": -1}}, RUN, ["ndcg@3"]).n_queries == 1  # 2.0 is an integer
+
+
+# -- runs that do not belong to the collection ----------------------------------------------------------------------
+def test_check_run_against_qrels_and_corpus(tiny_beir, caplog):
+    import logging
+
+    from retrieval_kd.data import Corpus
+    from retrieval_kd.errors import IntegrityError
+    from retrieval_kd.eval import check_run
+
+    corpus = Corpus(tiny_beir / "corpus.jsonl")
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    assert check_run({"q1": {"d1": 1.0, "d4": 0.5}}, qrels, corpus, source="ok.run") == 0
+    with pytest.raises(IntegrityError, match=r"foreign\.run: none of its 2 doc ids is in the corpus .* \(e\.g\. '7001'\)"):
+        check_run({"q1": {"7001": 1.0, "7002": 0.5}}, qrels, corpus, source="foreign.run")
+    with pytest.raises(IntegrityError, match=r"other\.run: none of its 1 query ids is judged .* e\.g\. '1045'"):
+        check_run({"1045": {"d1": 1.0}}, qrels, corpus, source="other.run")
+    with caplog.at_level(logging.WARNING):
+        assert check_run({"q1": {"d1": 1.0, "ghost": 0.5}, "q2": {"ghost2": 1.0}}, qrels, corpus, "some.run") == 2
+    assert "some.run: 2 of 3 doc ids are not in the corpus" in caplog.text and "'ghost'" in caplog.text
+
+
+def test_rkd_eval_refuses_a_run_of_another_corpus(tiny_beir, tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+    from retrieval_kd.data import write_run
+
+    foreign = write_run({"q1": {"7001": 1.0}, "q2": {"7002": 1.0}}, tmp_path / "foreign.run")
+    assert main(["eval", "--dataset", str(tiny_beir), "--split", "test", "--run", str(foreign)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "foreign.run: none of its 2 doc ids is in the corpus" in err and "'7001'" in err and "\n" not in err
+    other_queries = write_run({"x1": {"d1": 1.0}}, tmp_path / "other.run")
+    assert main(["eval", "--dataset", str(tiny_beir), "--split", "test", "--run", str(other_queries)]) == 2
+    assert "other.run: none of its 1 query ids is judged" in capsys.readouterr().err
+    good = write_run({"q1": {"d1": 1.0}, "q2": {"d2": 1.0}}, tmp_path / "good.run")
+    assert main(["eval", "--dataset", str(tiny_beir), "--split", "test", "--run", str(good),
+                 "--metrics", "ndcg@-5"]) == 2
+    assert "metric 'ndcg@-5'" in capsys.readouterr().err
+    (tmp_path / "b").mkdir()
+    twin = write_run({"q1": {"d4": 1.0}}, tmp_path / "b" / "good.run")  # same file name, another run: both kept
+    out_json = tmp_path / "m.json"
+    assert main(["eval", "--dataset", str(tiny_beir), "--split", "test", "--run", str(good), "--run", str(twin),
+                 "--metrics", "mrr@10", "--output-json", str(out_json)]) == 0
+    assert set(json.loads(out_json.read_text())) == {"good.run", str(twin)}

@@ -130,3 +130,137 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
             raise RuntimeError("killed")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+# -- non-finite numbers, grades ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("score", ["nan", "inf", "-inf", "NaN", "1e400"])
+def test_non_finite_run_score_names_file_and_line(tmp_path, score):
+    path = tmp_path / "bad.run"
+    path.write_text(f"q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 {score} t\n")
+    with pytest.raises(DataFormatError, match=rf"bad\.run:2: score '{score}' is not a finite number"):
+        read_run(path)
+
+
+def test_write_run_refuses_non_finite_scores_and_bad_ids(tmp_path):
+    path = tmp_path / "out.run"
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(DataFormatError, match=r"query 'q2', doc 'd9' has score (nan|inf)"):
+            write_run({"q1": {"d1": 1.0}, "q2": {"d8": 0.5, "d9": bad}}, path)
+        assert not path.exists(), "nothing is written"
+    with pytest.raises(DataFormatError, match=r"cannot write doc id 'd 1' of query 'q1'"):
+        write_run({"q1": {"d 1": 1.0}}, path)
+    with pytest.raises(DataFormatError, match=r"cannot write query id ''"):
+        write_run({"": {"d1": 1.0}}, path)
+    assert not path.exists()
+    # huge but finite scores whose sum overflows are still fine
+    write_run({"q1": {"d1": 1e308, "d2": 1e308}}, path)
+    assert set(read_run(path)["q1"]) == {"d1", "d2"}
+
+
+@pytest.mark.parametrize("grade, message", [("0.9", "is not an integer"), ("inf", "is not an integer"),
+                                            ("nan", "is not an integer"), ("1e12", "is out of range")])
+def test_bad_qrels_grade_names_the_line(tmp_path, grade, message):
+    path = tmp_path / "q.txt"
+    path.write_text(f"q1 0 d1 1\nq1 0 d2 {grade}\n")
+    with pytest.raises(DataFormatError, match=rf"q\.txt:2: relevance grade '{grade}' {message}"):
+        read_qrels(path)
+
+
+def test_negative_and_float_written_integer_grades_are_legal(tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_text("q1 0 d1 -2\nq1 0 d2 1.0\nq1 0 d3 3\n")
+    assert read_qrels(path) == {"q1": {"d1": -2, "d2": 1, "d3": 3}}
+
+
+def test_qrels_header_after_blank_lines(tmp_path):
+    path = tmp_path / "q.tsv"
+    path.write_text("\n\nquery-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert read_qrels(path) == {"q1": {"d1": 1}}
+
+
+def test_write_qrels_refuses_fractional_grades(tmp_path):
+    with pytest.raises(DataFormatError, match=r"query 'q1', doc 'd1' has grade 0.9"):
+        write_qrels({"q1": {"d1": 0.9}}, tmp_path / "q.txt")
+
+
+# -- bytes that are not text, broken gzip, empty files ---------------------------------------------------------------
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+READERS = {
+    "run": (read_run, b"q1 Q0 d1 1 2.0 t\nq1 Q0 d\xff2 2 1.0 t\n"),
+    "qrels": (read_qrels, b"q1 0 d1 1\nq1 0 d\xe92 1\n"),
+    "queries.tsv": (read_queries, b"1\tfirst\n2\tcaf\xe9\n"),
+    "queries.jsonl": (read_queries, b'{"_id": "1", "text": "a"}\n{"_id": "2", "text": "\xc3"}\n'),
+    "corpus.jsonl": (lambda p: list(iter_jsonl(p)), b'{"_id": "1"}\n{"_id": "\x80"}\n'),
+}
+
+
+@pytest.mark.parametrize("name", list(READERS))
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_non_utf8_names_file_and_line(tmp_path, name, gzipped):
+    reader, data = READERS[name]
+    path = tmp_path / name
+    path.write_bytes(_gz(data) if gzipped else data)
+    with pytest.raises(DataFormatError, match=rf"{name}:2: not UTF-8 text"):
+        reader(path)
+
+
+@pytest.mark.parametrize("name", list(READERS))
+def test_truncated_or_corrupt_gzip_names_the_file(tmp_path, name):
+    reader, data = READERS[name]
+    good = data.replace(b"\xff", b"x").replace(b"\xe9", b"e").replace(b"\xc3", b"c").replace(b"\x80", b"0")
+    packed = _gz(good * 50)
+    path = tmp_path / name
+    path.write_bytes(packed[: len(packed) // 2])  # cut in the middle
+    with pytest.raises(DataFormatError, match=rf"{name}: the gzip data is truncated or corrupt"):
+        reader(path)
+    corrupt = bytearray(packed)
+    corrupt[12:20] = b"\x00" * 8  # damaged deflate data
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(DataFormatError, match=rf"{name}: the gzip data is truncated or corrupt"):
+        reader(path)
+
+
+@pytest.mark.parametrize("reader, what", [(read_run, "no results"), (read_qrels, "no judgements"),
+                                          (read_queries, "no queries")])
+def test_empty_file_says_so(tmp_path, reader, what):
+    for content in (b"", b"\n\n", _gz(b"")):
+        path = tmp_path / "empty.tsv"
+        path.write_bytes(content)
+        with pytest.raises(DataFormatError, match=rf"empty\.tsv: holds {what}"):
+            reader(path)
+    (tmp_path / "header.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(DataFormatError, match="holds no judgements"):
+        read_qrels(tmp_path / "header.tsv")
+
+
+def test_json_lines_that_are_not_text_or_not_ids(tmp_path):
+    path = tmp_path / "q.jsonl"
+    cases = {
+        '{"_id": "1", "text": NaN}': r"q\.jsonl:1: malformed JSON \(NaN is not valid JSON\)",
+        '{"_id": "1", "text": "\\ud800"}': r"q\.jsonl:1: a string holds an unpaired UTF-16 surrogate",
+        '{"_id": null, "text": "x"}': r"q\.jsonl:1: query id must be a string or an integer, got None",
+        '{"_id": "", "text": "x"}': r"q\.jsonl:1: query id is empty",
+        '{"_id": "1", "text": ["x"]}': r"q\.jsonl:1: 'text' must be a string, got list",
+        "[" * 100_000: r"q\.jsonl:1: malformed JSON",
+    }
+    for line, message in cases.items():
+        path.write_text(line + "\n")
+        with pytest.raises(DataFormatError, match=message):
+            read_queries(path)
+    path.write_text('{"_id": 7, "text": "smile \\ud83d\\ude00"}\n')  # an integer id and a surrogate *pair* are fine
+    assert read_queries(path) == {"7": "smile \U0001f600"}
+
+
+def test_lone_carriage_returns_end_lines(tmp_path):
+    path = tmp_path / "topics.txt"
+    path.write_bytes(b"1\tone\r2\ttwo\r\n3\tthree")
+    assert read_queries(path) == {"1": "one", "2": "two", "3": "three"}
+
+
+def test_data_format_error_is_an_rkd_error_and_a_value_error():
+    from retrieval_kd.errors import RkdError
+
+    assert issubclass(DataFormatError, RkdError) and issubclass(DataFormatError, ValueError)

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     info = action.add_parser("info", help="a dataset's manifest: files, license, conventions")
     info.add_argument("dataset")
     info.set_defaults(func=_info)
-    check = action.add_parser("check", help="load a dataset fully: counts, and errors for malformed input")
+    check = action.add_parser("check", help="load a dataset fully: counts, checksums, and errors for malformed input")
     check.add_argument("dataset", help="registered name, BEIR folder, or irds:<id>")
     check.set_defaults(func=_check)
 
@@ -56,5 +56,11 @@ def _check(args) -> int:
         qrels = c.qrels(split)
         n = sum(len(v) for v in qrels.values())
         print(f"  qrels    {split}: {len(qrels)} queries, {n} judgements ({c.qrels_paths[split]})")
+    if c.manifest is not None:
+        specs = [c.manifest.corpus, c.manifest.queries, *c.manifest.qrels.values()]
+        specs = [s for s in specs if s is not None]
+        checked = sum(1 for s in specs if s.sha256)
+        print(f"  sha256   {checked} of {len(specs)} files match the manifest"
+              + (" (the others have no checksum recorded)" if checked < len(specs) else ""))
     print(f"  conventions: {c.conventions}")
     return 0

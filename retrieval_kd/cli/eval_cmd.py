@@ -34,15 +34,25 @@ def add_parser(sub) -> None:
 def _eval(args) -> int:
     from retrieval_kd.data import load_collection, read_run
     from retrieval_kd.data.formats import atomic_write
-    from retrieval_kd.eval import compare, evaluate, to_markdown
+    from retrieval_kd.errors import ConfigError
+    from retrieval_kd.eval import check_run, compare, evaluate, to_markdown, validate_metrics
 
+    if args.metrics:
+        validate_metrics(args.metrics)  # before loading anything
     collection = load_collection(args.dataset)
     conv = collection.conventions
-    metrics = args.metrics or list(conv.metrics)
+    metrics = validate_metrics(args.metrics or list(conv.metrics))
     level = args.rel_level if args.rel_level is not None else conv.relevance_level
     ignore_ids = conv.ignore_identical_ids if args.ignore_identical_ids is None else args.ignore_identical_ids
     qrels = collection.qrels(args.split)
-    runs = {path.name: read_run(path) for path in args.run}
+    runs, seen = {}, set()
+    for path in args.run:
+        if path.resolve() in seen:
+            raise ConfigError(f"--run {path} is given twice")
+        seen.add(path.resolve())
+        label = path.name if path.name not in runs else str(path)  # two runs of the same name stay two
+        runs[label] = read_run(path)
+        check_run(runs[label], qrels, collection.corpus, source=str(path))
     results = {name: evaluate(qrels, run, metrics, level, ignore_ids) for name, run in runs.items()}
     print(f"{collection.name} / {args.split}: {next(iter(results.values())).n_queries} judged queries, "
           f"binary relevance >= {level}")

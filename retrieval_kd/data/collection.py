@@ -5,7 +5,10 @@
 * a registered name (``scifact``, ``trec-dl-2019-passage``, ``cranfield``, ``msmarco-passage-dl19``, ...): its
   manifest in ``data/manifests`` says which files it has, and each file is taken from the first place that has
   it: the mirror folder ``$RKD_DATA_MIRROR/<mirror_folder>/`` (read only), the cache ``data/cache/<name>/``,
-  or the official URL (checksum verified, then cached);
+  or the official URL (checksum verified, then cached). A file found in the mirror or the cache is checked
+  against the manifest's sha256 too (over its un-gzipped content; the digest is remembered by path, size and
+  mtime in ``data/cache/file-digests.json``, so a large file is hashed once): a cut or altered copy raises
+  :class:`~retrieval_kd.errors.IntegrityError`;
 * a local folder in BEIR layout (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``);
 * an ir_datasets id with the ``irds:`` prefix (``irds:beir/scifact/test``), exported once into the cache.
 """
@@ -14,24 +17,28 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from retrieval_kd.data.corpus import Corpus
-from retrieval_kd.data.download import URLError, download, extract_zip
-from retrieval_kd.data.formats import Qrels, read_qrels, read_queries
+from retrieval_kd.data.download import ChecksumError, URLError, download, extract_zip
+from retrieval_kd.data.formats import DataFormatError, Qrels, read_qrels, read_queries
 from retrieval_kd.data.registry import Conventions, FileSpec, Manifest, get_manifest, list_datasets
+from retrieval_kd.errors import IntegrityError, UnavailableError
 from retrieval_kd.paths import cache_dir
+from retrieval_kd.utils.fs import sha256_memo
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Collection", "DatasetUnavailableError", "load_collection", "MIRROR_ENV"]
 
 MIRROR_ENV = "RKD_DATA_MIRROR"
+_DIGESTS = "file-digests.json"
 
 
-class DatasetUnavailableError(FileNotFoundError):
+class DatasetUnavailableError(UnavailableError, FileNotFoundError):
     """A dataset file is in no mirror, not cached, and could not be downloaded."""
 
 
@@ -75,8 +82,8 @@ class Collection:
         if split not in self._qrels_cache:
             qrels = read_qrels(self.qrels_paths[split])
             if self.corpus is not None:
-                judged = {d for docs in qrels.values() for d in docs}
-                missing = sum(1 for d in judged if d not in self.corpus)
+                judged = sorted({d for docs in qrels.values() for d in docs})
+                missing = len(judged) - int(self.corpus.has(judged).sum())
                 if missing:
                     logger.warning(
                         "%s: %d of %d judged doc ids in split %r are not in the corpus %s",
@@ -172,7 +179,7 @@ def _resolve_file(manifest: Manifest, spec: FileSpec, mirror: Path | None) -> Pa
     candidates += _variants(cached)
     found = _first_existing(candidates)
     if found is not None:
-        return found
+        return _verify(manifest, spec, found, mirror)
     url = spec.url or (manifest.archive or {}).get("url")
     try:
         if spec.url:
@@ -187,20 +194,40 @@ def _resolve_file(manifest: Manifest, spec: FileSpec, mirror: Path | None) -> Pa
             if found is None:
                 raise DatasetUnavailableError(f"{archive['url']} does not contain {spec.path}")
             if spec.sha256:
-                from retrieval_kd.data.download import ChecksumError, sha256_of_content
+                from retrieval_kd.data.download import sha256_of_content
 
                 if sha256_of_content(found) != spec.sha256:
                     found.unlink()
                     raise ChecksumError(f"{spec.path} from {archive['url']}: sha256 differs from the manifest")
             return found
     except (URLError, OSError, TimeoutError) as exc:
-        if isinstance(exc, DatasetUnavailableError):
-            raise
-        if exc.__class__.__name__ == "ChecksumError":
+        if isinstance(exc, (DatasetUnavailableError, ChecksumError)):
             raise
         reason = str(getattr(exc, "reason", exc))
         raise DatasetUnavailableError(_unavailable_message(manifest, spec, mirror, url, reason)) from exc
     raise DatasetUnavailableError(_unavailable_message(manifest, spec, mirror, None, "no official download exists"))
+
+
+def _verify(manifest: Manifest, spec: FileSpec, found: Path, mirror: Path | None) -> Path:
+    """A file found in the mirror or the cache must have the content the manifest records."""
+    if not spec.sha256:
+        return found
+    try:
+        actual = sha256_memo(found, cache_dir() / _DIGESTS, gunzip=True)
+    except (EOFError, OSError, zlib.error) as exc:  # a truncated or corrupt .gz
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DataFormatError(f"{found}: cannot read its content to check it against the manifest of "
+                              f"{manifest.name!r} ({exc}); replace the file with the official one") from None
+    expected = spec.sha256.lower()
+    if actual == expected:
+        return found
+    in_mirror = mirror is not None and found.resolve().is_relative_to(mirror.resolve())
+    fix = (f"replace it in the mirror with the official file (or unset {MIRROR_ENV})" if in_mirror
+           else "delete it and run again to fetch it anew")
+    raise IntegrityError(f"{found}: content sha256 {actual} differs from {expected}, which the manifest of "
+                         f"{manifest.name!r} records for {spec.path}; the file is cut, altered or another version: "
+                         f"{fix}")
 
 
 def _unavailable_message(manifest: Manifest, spec: FileSpec, mirror: Path | None, url: str | None, reason: str) -> str:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_kd.data.formats import DataFormatError, atomic_write, iter_jsonl
+from retrieval_kd.data.formats import DataFormatError, _field, atomic_write, iter_jsonl
+from retrieval_kd.utils.fs import sha256_memo
 
 logger = logging.getLogger(__name__)
 
@@ -39,23 +40,8 @@ def _source_key(path: Path, store_dir: Path) -> str:
     bytes are hashed once per (path, size, mtime): the digest is remembered in ``<store_dir>/source-digests.json``
     (an 8.8M-passage MS MARCO file is not read again on every start).
     """
-    st, where = path.stat(), f"{path.resolve()}|"
-    stamp = f"{where}{st.st_size}|{st.st_mtime_ns}"
-    memo_file = store_dir / _DIGESTS
-    try:
-        memo = json.loads(memo_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):  # absent, or torn by hand: hash again
-        memo = {}
-    if stamp not in memo:
-        memo = {k: v for k, v in memo.items() if not k.startswith(where)}  # drop this file's older stamps
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        memo[stamp] = digest.hexdigest()
-        with atomic_write(memo_file) as out:
-            json.dump(memo, out, indent=0)
-    raw = f"{memo[stamp]}|{st.st_size}|v{_STORE_VERSION}"
+    digest = sha256_memo(path, store_dir / _DIGESTS)
+    raw = f"{digest}|{path.stat().st_size}|v{_STORE_VERSION}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -67,11 +53,13 @@ class Corpus:
         store_dir: folder for the Arrow store used by random access; defaults to ``data/cache/corpus-stores``.
 
     Iteration yields dicts with ``_id``, ``title`` and ``text``. Random access builds the store on first use.
+    Malformed input (a bad line, bytes that are not UTF-8, a corrupt gzip stream, an id that is not a string or
+    integer, a duplicate id, no documents at all) raises :class:`DataFormatError` naming the file and line.
     """
 
     def __init__(self, path: str | os.PathLike, store_dir: str | os.PathLike | None = None):
         self.path = Path(path)
-        if not self.path.exists():
+        if not self.path.is_file():
             raise FileNotFoundError(f"corpus file not found: {self.path}")
         if store_dir is None:
             from retrieval_kd.paths import cache_dir
@@ -87,13 +75,19 @@ class Corpus:
 
     # -- streaming ---------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
+        n = 0
         for lineno, obj in iter_jsonl(self.path):
+            n += 1
             yield self._document(obj, lineno)
+        if not n:
+            raise DataFormatError(f"{self.path}: holds no documents (the file is empty); a corpus needs at least one")
 
     def _document(self, obj: dict, lineno: int) -> dict:
         if "_id" not in obj:
-            raise DataFormatError(f"{self.path}:{lineno}: a document needs an '_id' field, got {sorted(obj)}")
-        return {"_id": str(obj["_id"]), "title": str(obj.get("title") or ""), "text": str(obj.get("text") or "")}
+            raise DataFormatError(f"{self.path}:{lineno}: a document needs an '_id' field, got {sorted(obj)[:10]}")
+        return {"_id": _field(self.path, lineno, obj, "_id", "document"),
+                "title": _field(self.path, lineno, obj, "title", "document"),
+                "text": _field(self.path, lineno, obj, "text", "document")}
 
     # -- the Arrow store ---------------------------------------------------------------------------------------
     @property
@@ -140,7 +134,8 @@ class Corpus:
         if n_empty:
             logger.warning("%s: %d of %d documents have empty title and text", self.path, n_empty, n_docs)
         meta = {"source": str(self.path.resolve()), "documents": n_docs, "empty": n_empty}
-        target.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        with atomic_write(target.with_suffix(".json")) as out:
+            json.dump(meta, out, indent=1)
         logger.info("built corpus store %s (%d documents)", target, n_docs)
 
     def _load(self):
@@ -175,6 +170,17 @@ class Corpus:
     def __contains__(self, doc_id: str) -> bool:
         return self._row(doc_id, missing_ok=True) is not None
 
+    def has(self, doc_ids: Iterable[str]) -> np.ndarray:
+        """A boolean mask: which of many ids are in the corpus (one vectorised search, no Python loop)."""
+        return self._lookup(_encode_ids(str(d) for d in doc_ids))[1]
+
+    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._load()
+        if keys.size == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, keys), len(self._sorted_ids) - 1)
+        return pos, self._sorted_ids[pos] == keys
+
     def _row(self, doc_id: str, missing_ok: bool = False) -> int | None:
         self._load()
         key = np.bytes_(str(doc_id).encode())
@@ -187,17 +193,12 @@ class Corpus:
 
     def rows(self, doc_ids: Iterable[str]) -> np.ndarray:
         """Row positions (file order) of many ids at once; raises KeyError naming the first missing id."""
-        self._load()
         keys = _encode_ids(str(d) for d in doc_ids)
-        if keys.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        pos = np.searchsorted(self._sorted_ids, keys)
-        pos_clipped = np.minimum(pos, len(self._sorted_ids) - 1)
-        found = self._sorted_ids[pos_clipped] == keys
+        pos, found = self._lookup(keys)
         if not found.all():
             missing = keys[~found][0].decode()
             raise KeyError(f"document id {missing!r} is not in {self.path} ({int((~found).sum())} ids missing)")
-        return self._order[pos_clipped]
+        return self._order[pos]
 
     def __getitem__(self, doc_id: str) -> dict:
         table = self._load()

@@ -15,9 +15,12 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
-from retrieval_kd.data.formats import open_text
+from retrieval_kd.data.formats import atomic_write
+from retrieval_kd.errors import IntegrityError
+from retrieval_kd.utils.fs import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -26,19 +29,13 @@ __all__ = ["ChecksumError", "download", "extract_zip", "sha256_of_content"]
 _CHUNK = 1 << 20
 
 
-class ChecksumError(IOError):
+class ChecksumError(IntegrityError, OSError):
     """A downloaded file does not have the checksum its manifest promises."""
 
 
 def sha256_of_content(path: str | os.PathLike) -> str:
     """sha256 of a file's content, un-gzipped if it is gzipped (manifests record uncompressed checksums)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    with gzip.open(path, "rb") if gz else open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path, gunzip=True)
 
 
 def _hash(path: Path, algo: str) -> str:
@@ -90,8 +87,12 @@ def download(
         if md5 and _hash(tmp_raw, "md5") != md5.lower():
             raise ChecksumError(f"{url}: md5 {_hash(tmp_raw, 'md5')} differs from the expected {md5}")
         if gunzip:
-            with gzip.open(tmp_raw, "rb") as src, open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out, _CHUNK)
+            try:
+                with gzip.open(tmp_raw, "rb") as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
+            except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                raise ChecksumError(f"{url}: the downloaded gzip data is truncated or corrupt ({exc}); "
+                                    "nothing is stored, run again to download it anew") from None
             tmp_raw.unlink()
         else:
             os.replace(tmp_raw, tmp)
@@ -112,6 +113,14 @@ def download(
 def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, member_prefix: str = "") -> list[Path]:
     """Extract the members under ``member_prefix`` of a zip into ``dest_dir`` (prefix stripped), each atomically."""
     dest_dir = Path(dest_dir)
+    try:
+        return _extract(archive, dest_dir, member_prefix)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise ChecksumError(f"{archive}: the zip archive is truncated or corrupt ({exc}); delete it and run again "
+                            "to download it anew") from None
+
+
+def _extract(archive: str | os.PathLike, dest_dir: Path, member_prefix: str) -> list[Path]:
     written = []
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
@@ -120,23 +129,12 @@ def extract_zip(archive: str | os.PathLike, dest_dir: str | os.PathLike, member_
             rel = info.filename[len(member_prefix):]
             target = (dest_dir / rel).resolve()
             if dest_dir.resolve() not in target.parents:
-                raise ValueError(f"{archive}: member {info.filename!r} would extract outside {dest_dir}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with zf.open(info) as src, open(tmp, "wb") as out:
+                raise IntegrityError(f"{archive}: member {info.filename!r} would extract outside {dest_dir}; "
+                                     "the archive is not the official one, delete it")
+            with zf.open(info) as src, atomic_write(target, "wb", gzip_output=False) as out:
                 shutil.copyfileobj(src, out, _CHUNK)
-            os.replace(tmp, target)
             written.append(target)
     return written
-
-
-def is_readable_text(path: Path) -> bool:
-    try:
-        with open_text(path) as fh:
-            fh.readline()
-        return True
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 URLError = urllib.error.URLError

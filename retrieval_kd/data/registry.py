@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from retrieval_kd.errors import ConfigError
 from retrieval_kd.paths import manifests_dir
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,19 @@ class Manifest:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Manifest:
         path = Path(path)
-        raw = yaml.safe_load(path.read_text())
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a valid YAML manifest ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict) or "name" not in raw:
-            raise ValueError(f"{path}: a dataset manifest is a YAML mapping with at least 'name'")
+            raise ConfigError(f"{path}: a dataset manifest is a YAML mapping with at least 'name'")
+        try:
+            return cls._from_mapping(raw, path)
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"{path}: malformed dataset manifest ({exc}); see data/manifests/scifact.yaml") from None
+
+    @classmethod
+    def _from_mapping(cls, raw: dict, path: Path) -> Manifest:
         files = raw.get("files") or {}
         conv = raw.get("conventions") or {}
         if "metrics" in conv:

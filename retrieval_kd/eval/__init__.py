@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from retrieval_kd.eval.evaluate import DEFAULT_METRICS, EvaluationResult, compare, evaluate, to_markdown
+from retrieval_kd.eval.evaluate import (
+    DEFAULT_METRICS,
+    EvaluationResult,
+    check_run,
+    compare,
+    evaluate,
+    to_markdown,
+    validate_metrics,
+)
 
-__all__ = ["DEFAULT_METRICS", "EvaluationResult", "compare", "evaluate", "to_markdown"]
+__all__ = ["DEFAULT_METRICS", "EvaluationResult", "check_run", "compare", "evaluate", "to_markdown",
+           "validate_metrics"]

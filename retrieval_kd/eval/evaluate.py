@@ -6,24 +6,137 @@
 * Queries: only judged queries are evaluated, and a judged query missing from the run scores 0 (ranx
   ``make_comparable``), as ``trec_eval -c`` does.
 * BEIR removes a query's own id from its results for ArguAna and Quora: ``ignore_identical_ids``.
+* Inputs are checked, never silently wrong: :func:`validate_metrics` refuses unknown metric names and bad cutoffs
+  (:class:`~retrieval_kd.errors.ConfigError`); a NaN/inf score or a fractional grade is a
+  :class:`~retrieval_kd.data.formats.DataFormatError`; :func:`check_run` refuses a run that shares no query with
+  the qrels or no doc with the corpus (:class:`~retrieval_kd.errors.IntegrityError`), which would score 0.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from retrieval_kd.errors import ConfigError, IntegrityError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "evaluate", "compare", "to_markdown", "DEFAULT_METRICS", "ranx_metric_name"]
+__all__ = ["EvaluationResult", "evaluate", "compare", "to_markdown", "DEFAULT_METRICS", "ranx_metric_name",
+           "validate_metrics", "check_run"]
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "recall@1000", "map")
 _BINARY = {"mrr", "map", "recall", "precision", "hit_rate", "hits", "r-precision", "bpref", "f1"}
+#: the measures ranx computes (its ``metric_switch``); ``rbp`` takes a persistence (``rbp.95``), not a cutoff
+_METRICS = ("ndcg", "ndcg_burges", "dcg", "dcg_burges", "mrr", "map", "recall", "precision", "f1", "hits",
+            "hit_rate", "r-precision", "bpref", "rbp")
+_NO_CUTOFF = {"r-precision", "bpref"}  # ranx ignores a cutoff for these: refused rather than silently dropped
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _metric_problem(metric: object) -> str | None:
+    """Why ``metric`` is not a ranx measure ranx would compute as written, or None when it is."""
+    if not isinstance(metric, str) or not metric:
+        return f"metric {metric!r} is not a metric name"
+    base, sep, level = metric.partition("-l")
+    if sep and (not _DIGITS.fullmatch(level)):
+        return f"metric {metric!r}: the relevance level after '-l' must be an integer >= 0"
+    if base.startswith("rbp"):
+        persistence = base[3:]
+        if len(persistence) < 2 or persistence[0] not in ".@" or not _DIGITS.fullmatch(persistence[1:]):
+            return f"metric {metric!r}: rbp needs a persistence, e.g. rbp.95 (p = 0.95)"
+        return None
+    name, at, cutoff = base.partition("@")
+    if name not in _METRICS:
+        close = difflib.get_close_matches(name.lower(), _METRICS, n=1)
+        hint = f" (did you mean {close[0] + (at + cutoff if at else '')!r}?)" if close else ""
+        return f"unknown metric {metric!r}{hint}"
+    if at:
+        if name in _NO_CUTOFF:
+            return f"metric {metric!r}: {name} takes no cutoff (write {name})"
+        if not _DIGITS.fullmatch(cutoff) or int(cutoff) < 1:
+            return f"metric {metric!r}: the cutoff after '@' must be an integer >= 1, e.g. {name}@10"
+    return None
+
+
+def validate_metrics(metrics: Sequence[str] | str) -> list[str]:
+    """The metric names, checked before any work: each must be a measure ranx computes, with a valid cutoff.
+
+    Accepted: ``ndcg``, ``ndcg_burges``, ``dcg``, ``dcg_burges``, ``mrr``, ``map``, ``recall``, ``precision``,
+    ``f1``, ``hits``, ``hit_rate`` (each optionally ``@k``, k >= 1), ``r-precision``, ``bpref`` (no cutoff),
+    ``rbp.<persistence>`` (``rbp.95``); any of them may end in ``-l<level>`` (a relevance level for binary
+    measures). A single string is one metric; repeated names are kept once.
+
+    Raises:
+        ConfigError: no metrics, or a bad one; the message names it and lists the accepted names.
+    """
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names = list(dict.fromkeys(metrics)) if metrics is not None else []
+    if not names:
+        raise ConfigError("no metrics asked for; name at least one, e.g. ndcg@10")
+    for metric in names:
+        problem = _metric_problem(metric)
+        if problem:
+            raise ConfigError(f"{problem}; accepted: {', '.join(_METRICS)}, with @k (k >= 1) for a cutoff "
+                              "(ndcg@10, recall@1000), rbp.95 for rbp, and -l<level> to set a relevance level")
+    return names
+
+
+def check_run(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
+    corpus=None,
+    source: str = "the run",
+) -> int:
+    """Check that a run belongs to the collection it is evaluated on, before it silently scores 0.
+
+    Args:
+        run: ``{qid: {doc_id: score}}``.
+        qrels: the split's judgements: at least one run query must be judged.
+        corpus: the collection's :class:`~retrieval_kd.data.Corpus` (or anything with a vectorised
+            ``has(ids) -> bool array``): at least one run doc must be in it; missing ones are counted in a warning.
+        source: how to name the run in messages (its file).
+
+    Returns:
+        How many distinct run doc ids are not in the corpus (0 without a corpus).
+
+    Raises:
+        IntegrityError: the run is empty, shares no query id with the qrels, or no doc id with the corpus.
+    """
+    if not any(run.values()):
+        raise IntegrityError(f"{source}: the run holds no results")
+    if qrels is not None:
+        judged = {q for q, docs in qrels.items() if docs}
+        if not judged.intersection(run):
+            raise IntegrityError(
+                f"{source}: none of its {len(run)} query ids is judged in the qrels (run: e.g. {min(run)!r}; "
+                f"qrels: e.g. {min(judged) if judged else None!r}); evaluate it on the dataset and split it was "
+                "retrieved for"
+            )
+    if corpus is None:
+        return 0
+    import numpy as np
+
+    ids = sorted({d for docs in run.values() for d in docs})
+    found = np.asarray(corpus.has(ids), dtype=bool)
+    n_missing = len(ids) - int(found.sum())
+    if n_missing == len(ids):
+        raise IntegrityError(
+            f"{source}: none of its {len(ids)} doc ids is in the corpus {getattr(corpus, 'path', corpus)} "
+            f"(e.g. {ids[0]!r}); the run was retrieved from another corpus: evaluate it on the dataset it was made for"
+        )
+    if n_missing:
+        example = ids[int(np.flatnonzero(~found)[0])]
+        logger.warning("%s: %d of %d doc ids are not in the corpus %s (e.g. %r); they count as not relevant",
+                       source, n_missing, len(ids), getattr(corpus, "path", corpus), example)
+    return n_missing
 
 
 @contextlib.contextmanager
@@ -64,7 +177,7 @@ def _prepare(
 ):
     from ranx import Qrels, Run
 
-    qrels_clean = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items() if docs}
+    qrels_clean = {q: {d: _grade(q, d, r) for d, r in docs.items()} for q, docs in qrels.items() if docs}
     run_clean: dict[str, dict[str, float]] = {}
     removed = 0
     for qid, docs in run.items():
@@ -74,7 +187,13 @@ def _prepare(
             docs = {d: s for d, s in docs.items() if d != qid}
             removed += 1
         if docs:
-            run_clean[qid] = {d: float(s) for d, s in docs.items()}
+            scores = {d: float(s) for d, s in docs.items()}
+            if not math.isfinite(sum(scores.values())):
+                bad = next(((d, s) for d, s in scores.items() if not math.isfinite(s)), None)
+                if bad is not None:
+                    raise _format_error(f"run: query {qid!r}, doc {bad[0]!r} has score {bad[1]}; a run needs "
+                                          "finite scores (a NaN or infinite score has no rank)")
+            run_clean[qid] = scores
     if removed:
         logger.info("removed the query's own id from the results of %d queries (ignore_identical_ids)", removed)
     unjudged = len(set(run) - set(qrels_clean))
@@ -84,6 +203,23 @@ def _prepare(
     if missing:
         logger.warning("%d judged queries have no results in the run; they score 0", missing)
     return Qrels.from_dict(qrels_clean), Run.from_dict(run_clean) if run_clean else None
+
+
+def _format_error(message: str) -> Exception:
+    from retrieval_kd.data.formats import DataFormatError  # imported late: ``import retrieval_kd.eval`` stays light
+
+    return DataFormatError(message)
+
+
+def _grade(qid: str, did: str, rel) -> int:
+    """An integer grade: a fractional (0.9) or non-finite one would be truncated or crash in ranx."""
+    try:
+        value = float(rel)
+        if math.isfinite(value) and value == int(value):
+            return int(value)
+    except (TypeError, ValueError):
+        pass
+    raise _format_error(f"qrels: query {qid!r}, doc {did!r} has grade {rel!r}; grades are integers")
 
 
 def evaluate(
@@ -104,12 +240,14 @@ def evaluate(
 
     Returns:
         Mean and per-query scores, keyed by the metric names as given.
+
+    Raises:
+        ConfigError: an unknown metric or a bad cutoff (:func:`validate_metrics`).
+        DataFormatError: a NaN/inf score or a grade that is not an integer, naming the query and doc.
     """
     from ranx import evaluate as ranx_evaluate
 
-    metrics = list(metrics)
-    if not metrics:
-        raise ValueError("no metrics asked for")
+    metrics = validate_metrics(metrics)
     ranx_qrels, ranx_run = _prepare(qrels, run, ignore_identical_ids)
     n = len(ranx_qrels.keys())
     if ranx_run is None:
@@ -138,6 +276,7 @@ def compare(
     """
     from ranx import compare as ranx_compare
 
+    metrics = validate_metrics(metrics)
     ranx_runs = []
     ranx_qrels = None
     for name, run in runs.items():

@@ -356,7 +356,7 @@ def retrieve_outputs(cfg: PipelineConfig) -> list[Path]:
 def evaluate_runs(ctx: Context) -> dict:
     """ranx means of every run, and a paired t-test (ranx, Student) of each against BM25 on the same queries."""
     from retrieval_kd.data import read_run
-    from retrieval_kd.eval import compare, evaluate
+    from retrieval_kd.eval import check_run, compare, evaluate
 
     cfg = ctx.config
     out: dict = {}
@@ -364,6 +364,8 @@ def evaluate_runs(ctx: Context) -> dict:
         coll = ctx.collection(ev.dataset)
         qrels, conv = coll.qrels(ev.split), coll.conventions
         runs = {p.stem: read_run(p) for p in sorted(ctx.runs_dir(ev.name).glob("*.run"))}
+        for name, run in runs.items():  # a run of another corpus or query set would evaluate to 0 silently
+            check_run(run, qrels, coll.corpus, source=str(ctx.runs_dir(ev.name) / f"{name}.run"))
         rows = {}
         for name, run in runs.items():
             res = evaluate(qrels, run, cfg.metrics, conv.relevance_level, conv.ignore_identical_ids)
