@@ -4,6 +4,7 @@ end-to-end run killed with SIGKILL during training that resumes without redoing 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -151,13 +152,15 @@ def test_a_changed_stage_config_reruns_that_stage_and_what_reads_it(tiny_pipelin
 
 
 @pytest.mark.parametrize("name", ["scifact-demo", "msmarco-trec-dl", "beir-zero-shot"])
-def test_shipped_configs_validate_and_dry_run(name, mirror):
-    out = _rkd("pipeline", str(CONFIGS / f"{name}.yaml"), "--dry-run", "--json")
+def test_shipped_configs_validate_and_dry_run(name, mirror, tmp_path):
+    out = _rkd("pipeline", str(CONFIGS / f"{name}.yaml"), "--dry-run", "--json", "--set", f"output_root={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     plan = json.loads(out.stdout)
     assert [r["stage"] for r in plan] == ["mine", "teach", "train-dense", "train-sparse", "index", "retrieve",
                                           "evaluate", "report"]
-    assert all(r["outputs"] for r in plan) and all(r["status"] in ("todo", "done", "stale") for r in plan)
+    # nothing has run under a fresh output root: every stage is to do, and every output lies under it
+    assert [r["status"] for r in plan] == ["todo"] * len(plan)
+    assert all(r["outputs"] and all(o.startswith(str(tmp_path)) for o in r["outputs"]) for r in plan)
     text = _rkd("pipeline", str(CONFIGS / f"{name}.yaml"), "--dry-run")
     assert "valid" in text.stdout and "out: experiments/" in text.stdout
 
@@ -180,3 +183,48 @@ def test_bad_configs_name_the_file_and_key(tiny_pipeline, tmp_path):
         assert message in str(err.value) and str(path) in str(err.value)
     out = _rkd("pipeline", str(path), "--dry-run")
     assert out.returncode == 2 and "rkd pipeline: error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_dry_run_catches_what_can_be_known_without_running(tiny_pipeline, tmp_path, caplog, monkeypatch):
+    """Types of every key, metric names, splits, PQ sizes against the student's dimension, ranges, folder names."""
+    values = yaml.safe_load(tiny_pipeline.read_text())
+    ix, teachers, data = values["index"], values["teachers"], values["dataset"]
+    cases = [
+        ({"metrics": ["ndcg@10", "ndgc@10"]}, "metrics: "),
+        ({"metrics": ["ndcg@-5"]}, "'ndcg@-5'"),
+        ({"train_split": "dev"}, "train_split: dataset"),
+        ({"eval": [{"dataset": data, "split": "validation"}]}, "eval[0].split: dataset"),
+        ({"eval": [{"dataset": "scifact", "split": "dev"}]}, "eval[0].split: dataset 'scifact' has no split 'dev'"),
+        ({"index": {**ix, "bytes": [8, 6]}}, "index.bytes: 6 does not divide the dense student's embedding dimension 16"),
+        ({"teachers": {**teachers, "rerank_depth": -5}}, "teachers.rerank_depth must be a number >= 1"),
+        ({"teachers": {**teachers, "rerank_depth": 500}}, "teachers.rerank_depth (500) is more than retrieve_top_k"),
+        ({"teachers": {**teachers, "fit_weights": "false"}}, "teachers.fit_weights must be true or false"),
+        ({"teachers": {**teachers, "members": ["bm25,k1=abc"]}}, "option k1='abc' must be a number"),
+        ({"index": {**ix, "threads": "many"}}, "index.threads must be an integer, got the string 'many'"),
+        ({"index": {**ix, "nlist": True}}, "index.nlist must be an integer"),
+        ({"index": {**ix, "nprobe": 8}}, "index.nprobe: 8 is more than index.nlist (4)"),
+        ({"index": {**ix, "speed_nprobe": [1, "x"]}}, "index.speed_nprobe[1] must be an integer"),
+        ({"metrics": "ndcg@10"}, "metrics must be a list of strings"),
+        ({"candidates": {"sources": ["bm25", 3]}}, "candidates.sources[1] must be a string"),
+        ({"students": {"dense": "dense.yaml"}}, "students.dense must be a mapping or null"),
+        ({"eval": [{"split": "test"}]}, "missing required key 'eval[0].dataset'"),
+        ({"name": ".."}, "name '..' must be a folder name"),
+        ({"name": "a/../../b"}, "name 'a/../../b' must be a folder name"),
+        ({"eval": [{"dataset": data, "split": "test", "name": ".."}]}, "eval[0].name '..' must be a folder name"),
+        ({"expected_minutes": "soon"}, "expected_minutes must be a number or null"),
+    ]
+    path = tmp_path / "bad.yaml"
+    for change, message in cases:
+        path.write_text(yaml.safe_dump({**values, **change}))
+        with pytest.raises(ValueError) as err:
+            load_pipeline_config(path)
+        assert message in str(err.value) and str(path) in str(err.value), (change, str(err.value))
+    # what is not known here is skipped with a log line, never guessed
+    dense = yaml.safe_load((tmp_path / "dense.yaml").read_text())
+    (tmp_path / "absent.yaml").write_text(yaml.safe_dump({**dense, "model": "nobody/not-here"}))
+    path.write_text(yaml.safe_dump({**values, "students": {"dense": {"config": str(tmp_path / "absent.yaml")}},
+                                    "index": {**ix, "bytes": [6]}}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with caplog.at_level(logging.INFO, logger="retrieval_kd.pipeline.config"):
+        load_pipeline_config(path)
+    assert "index.bytes not checked" in caplog.text and "'nobody/not-here'" in caplog.text

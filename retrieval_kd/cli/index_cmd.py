@@ -6,7 +6,24 @@ import argparse
 import json
 from pathlib import Path
 
+from retrieval_kd.cli.argtypes import non_negative_int, positive_int
+from retrieval_kd.encoders.backends import ENCODING_CHOICES
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _load_matrix(path: Path, flag: str):
+    """A 2-D ``.npy`` matrix (memory-mapped), or an error naming the file and the flag."""
+    import numpy as np
+
+    try:
+        matrix = np.load(path, mmap_mode="r")
+    except (ValueError, EOFError) as exc:  # not an .npy file (numpy never unpickles here)
+        raise ValueError(f"{path}: not a NumPy .npy matrix ({exc}); {flag} takes one (np.save)") from None
+    if getattr(matrix, "ndim", 0) != 2:
+        raise ValueError(f"{path}: {flag} must be a 2-D matrix (one row per text), got shape "
+                         f"{getattr(matrix, 'shape', None)}")
+    return matrix
 
 
 def _encoded_corpus(args):
@@ -16,26 +33,53 @@ def _encoded_corpus(args):
     if args.embeddings:
         if not args.doc_ids:
             raise ValueError("--embeddings needs --doc-ids (a JSON list of the rows' doc ids)")
-        emb = np.load(args.embeddings, mmap_mode="r")
-        doc_ids = json.loads(Path(args.doc_ids).read_text())
+        emb = _load_matrix(args.embeddings, "--embeddings")
+        try:
+            doc_ids = json.loads(Path(args.doc_ids).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{args.doc_ids}: not JSON ({exc}); --doc-ids is a JSON list of doc ids") from None
+        if not isinstance(doc_ids, list):
+            raise ValueError(f"{args.doc_ids}: --doc-ids must hold a JSON list of doc ids, not a "
+                             f"{type(doc_ids).__name__}")
         if len(doc_ids) != emb.shape[0]:
             raise ValueError(f"{args.doc_ids}: {len(doc_ids)} ids for {emb.shape[0]} rows of {args.embeddings}")
-        return doc_ids, np.asarray(emb, dtype=np.float32), args.model or "unknown"
+        return doc_ids, np.asarray(emb, dtype=np.float32), args.model  # None: the sidecar says the encoder is unknown
     from retrieval_kd.data import load_collection
     from retrieval_kd.encoders import corpus_embeddings
 
+    if not args.dataset:
+        raise ValueError("give --dataset (its corpus is encoded with --model), or --embeddings with --doc-ids")
     collection = load_collection(args.dataset)
-    return collection.corpus.ids, np.asarray(corpus_embeddings(args.model, collection.corpus)), args.model
+    model = args.model or MINILM
+    return collection.corpus.ids, np.asarray(corpus_embeddings(model, collection.corpus, encoding=args.encoding)), model
+
+
+def _corpus_meta(args) -> dict:
+    """The corpus identity an index records (none for bare --embeddings: the folder says so, ``corpus_key`` null)."""
+    if args.embeddings or not args.dataset:
+        return {"corpus_key": None}
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.index.dense import corpus_identity
+
+    return corpus_identity(load_collection(args.dataset).corpus)
 
 
 def _common(p) -> None:
     p.add_argument("--dataset", help="corpus to index (registered name, BEIR folder, irds:...)")
-    p.add_argument("--model", default=MINILM, help="SentenceTransformer that encodes the corpus")
+    p.add_argument("--model", default=None, help=f"SentenceTransformer that encodes the corpus (default {MINILM}); "
+                   "with --embeddings, the model that made them (recorded, so queries are embedded alike)")
     p.add_argument("--embeddings", type=Path, help="precomputed corpus embeddings (.npy) instead of --model")
     p.add_argument("--doc-ids", type=Path, help="JSON list of doc ids, one per row of --embeddings")
-    p.add_argument("--nlist", type=int, default=64)
-    p.add_argument("--m", type=int, default=48, help="PQ sub-quantizers = bytes per vector at 8 bits")
+    p.add_argument("--nlist", type=positive_int, default=64, help="IVF lists (at most the number of vectors)")
+    p.add_argument("--m", type=positive_int, default=48,
+                   help="PQ sub-quantizers = bytes per vector at 8 bits; must divide the embedding dimension")
+    p.add_argument("--encoding", choices=ENCODING_CHOICES, default="torch",
+                   help="the backend that encodes the corpus with --model (torch: fp32 sentence-transformers; "
+                        "torch-bf16, onnx, onnx-int8, openvino; auto: by the CPU's instruction sets)")
     p.add_argument("--output", type=Path, required=True, help="index folder (e.g. indexes/scifact-ivfpq48)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output even if it is not an index folder retrieval-kd wrote (never needed to "
+                        "rebuild an index: those are replaced whole)")
 
 
 def add_parser(sub) -> None:
@@ -51,10 +95,10 @@ def add_parser(sub) -> None:
     build.add_argument("--type", required=True,
                        choices=["flat", "hnsw", "ivfpq", "opq-ivfpq", "pq", "distill-vq", "sparse"],
                        help="`rkd index build sparse ...` is --type sparse: an inverted index of SparseEncoder vectors")
-    build.add_argument("--prune", type=int, default=None, help="sparse: keep each document's K largest weights")
-    build.add_argument("--max-seq-length", type=int, default=None,
+    build.add_argument("--prune", type=positive_int, default=None, help="sparse: keep each document's K largest weights")
+    build.add_argument("--max-seq-length", type=positive_int, default=None,
                        help="sparse: document tokens per window (default: the model's max_seq_length)")
-    build.add_argument("--windows", type=int, default=1,
+    build.add_argument("--windows", type=positive_int, default=1,
                        help="sparse: encode a document longer than the model's max_seq_length as up to N windows, "
                             "max-pooled (default 1: truncate)")
     build.add_argument("--export", choices=["rank-features", "anserini"], default=None,
@@ -73,10 +117,13 @@ def add_parser(sub) -> None:
     train.add_argument("--split", default="train", help="training queries (labels are not used)")
     train.add_argument("--queries", type=Path, help="precomputed training query embeddings (.npy)")
     train.add_argument("--opq", action="store_true", help="learn an OPQ rotation too")
-    train.add_argument("--epochs", type=int, default=8)
-    train.add_argument("--pseudo-queries", type=int, default=3000, help="corpus passages used as extra queries")
+    train.add_argument("--epochs", type=positive_int, default=8)
+    train.add_argument("--pseudo-queries", type=non_negative_int, default=3000, help="corpus passages used as extra queries")
     train.add_argument("--loss", choices=["listnet", "margin-mse"], default="listnet")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--keep-checkpoints", action="store_true",
+                       help="keep OUTPUT-checkpoints (written after every epoch; a rerun of a killed run resumes "
+                            "from the newest) once the index is written; by default they are removed then")
     train.set_defaults(func=_vq_train)
 
 
@@ -90,22 +137,13 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def _build_sparse(args) -> int:
     from retrieval_kd.data import load_collection
-    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors
-    from retrieval_kd.index.sparse import SparseIndex
+    from retrieval_kd.index.sparse import build_sparse_index
 
-    if not args.dataset or args.model == MINILM:
+    if not args.dataset or not args.model:
         raise ValueError("sparse indexes need --model (a SparseEncoder folder or MLM id) and --dataset")
-    collection = load_collection(args.dataset)
-    encoder = load_sparse_encoder(args.model)
-    if args.max_seq_length:
-        encoder.max_seq_length = args.max_seq_length
-    vectors = sparse_corpus_vectors(args.model, collection.corpus, encoder.max_seq_length, encoder=encoder,
-                                    windows=args.windows)
-    tokenizer = encoder.tokenizer
-    vocab = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-    index = SparseIndex.build(vectors, collection.corpus.ids, prune=args.prune, vocab=vocab)
-    index.save(args.output, {"encoder": args.model, "dataset": args.dataset, "prune": args.prune,
-                             "max_seq_length": encoder.max_seq_length, "windows": args.windows})
+    index = build_sparse_index(args.model, load_collection(args.dataset).corpus, args.output, prune=args.prune,
+                               max_seq_length=args.max_seq_length, windows=args.windows, dataset=args.dataset,
+                               overwrite=args.overwrite, encoding=args.encoding)
     print(f"wrote {args.output} (sparse, {index.n_docs} documents, {index.nnz_per_doc():.1f} non-zeros each)")
     if args.export:
         out = Path(args.output) / ("rank_features.jsonl" if args.export == "rank-features" else "anserini.jsonl")
@@ -116,21 +154,24 @@ def _build_sparse(args) -> int:
 
 def _build(args) -> int:
     from retrieval_kd.index.dense import build_faiss_index, save_index
+    from retrieval_kd.utils.fs import check_output_folder
 
     if args.type == "sparse":
         return _build_sparse(args)
+    check_output_folder(args.output, "dense-index", args.overwrite)  # before the corpus is encoded
     if args.type == "distill-vq":
         if not args.vq:
             raise ValueError("--type distill-vq needs --vq FOLDER (from `rkd vq train`)")
         from retrieval_kd.index.dense import load_index
 
         index, doc_ids, meta = load_index(args.vq)
-        save_index(index, args.output, doc_ids, meta)
+        save_index(index, args.output, doc_ids, meta, overwrite=args.overwrite)
     else:
         doc_ids, emb, encoder = _encoded_corpus(args)
         index = build_faiss_index(args.type, emb, nlist=args.nlist, m=args.m)
         save_index(index, args.output, doc_ids, {"type": args.type, "encoder": encoder, "dataset": args.dataset,
-                                                 "nlist": args.nlist, "m": args.m})
+                                                 "nlist": args.nlist, "m": args.m, **_corpus_meta(args)},
+                   overwrite=args.overwrite)
     print(f"wrote {args.output} ({args.type}, {index.ntotal} vectors)")
     return 0
 
@@ -142,26 +183,40 @@ def _vq_train(args) -> int:
     from retrieval_kd.index import export_faiss
     from retrieval_kd.index.dense import save_index
     from retrieval_kd.quantization import DistillVQConfig, train_distill_vq
+    from retrieval_kd.utils.fs import check_output_folder
 
+    check_output_folder(args.output, "dense-index", args.overwrite)  # before encoding and training
     doc_ids, emb, encoder = _encoded_corpus(args)
+    from retrieval_kd.index.dense import check_index_params
+
+    check_index_params("distill-vq", emb.shape[0], emb.shape[1], args.nlist, args.m)  # before training
     if args.queries:
-        queries = np.load(args.queries)
+        queries = np.asarray(_load_matrix(args.queries, "--queries"))
+        if queries.shape[1] != emb.shape[1]:
+            raise ValueError(f"{args.queries}: --queries has dimension {queries.shape[1]}, the corpus embeddings "
+                             f"{emb.shape[1]}; embed both with the same model")
     else:
         from retrieval_kd.data import load_collection
         from retrieval_kd.encoders import query_embeddings
 
         if not args.dataset:
             raise ValueError("give --dataset (its --split queries are the training queries) or --queries")
-        queries = query_embeddings(args.model, load_collection(args.dataset).queries(args.split))
+        queries = query_embeddings(encoder or MINILM, load_collection(args.dataset).queries(args.split),
+                                   encoding=args.encoding)
     cfg = DistillVQConfig(nlist=args.nlist, m=args.m, opq=args.opq, epochs=args.epochs,
                           pseudo_queries=args.pseudo_queries, loss=args.loss, seed=args.seed)
-    result = train_distill_vq(emb, queries, cfg)
+    checkpoints = args.output.with_name(f"{args.output.name}-checkpoints")
+    result = train_distill_vq(emb, queries, cfg, checkpoint_dir=checkpoints)
     index = export_faiss(result.module, lists=result.lists, codes=result.codes)
     meta = {"type": "distill-vq", "encoder": encoder, "dataset": args.dataset, "config": cfg.to_dict(),
-            "history": result.history, "reference": "Xiao et al. 2022, Distill-VQ (SIGIR)"}
-    folder = save_index(index, args.output, doc_ids, meta)
-    save_file({k: v.detach().contiguous() for k, v in result.module.state_dict().items()},
-              str(folder / "distill_vq.safetensors"))
+            "history": result.history, "reference": "Xiao et al. 2022, Distill-VQ (SIGIR)", **_corpus_meta(args)}
+    state = {k: v.detach().contiguous() for k, v in result.module.state_dict().items()}
+    folder = save_index(index, args.output, doc_ids, meta, overwrite=args.overwrite,
+                        extra=lambda tmp: save_file(state, str(tmp / "distill_vq.safetensors")))
     print(f"wrote {folder}: Distill-VQ (nlist={args.nlist}, m={args.m}, opq={args.opq}), "
           f"final loss {result.history[-1]['loss']:.5f}")
+    if not args.keep_checkpoints:
+        import shutil
+
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return 0

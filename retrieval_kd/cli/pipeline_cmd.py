@@ -34,6 +34,8 @@ def _run(args) -> int:
 
     config = load_pipeline_config(args.config, parse_overrides(args.overrides))
     pipe = Pipeline(config)
+    for name in [*args.force, *([args.until] if args.until else [])]:
+        pipe.stage(name)  # an unknown stage name fails now, dry run or not (KeyError naming the stages)
     if args.dry_run:
         plan = pipe.plan()
         if args.json:

@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
     dense.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key (dotted, YAML value), e.g. training.seed=1; repeatable")
     dense.add_argument("--summary", type=Path, default=None, help="also write the run summary (JSON) here")
+    dense.add_argument("--overwrite", action="store_true",
+                       help="replace output_dir even if it is not a dense student retrieval-kd wrote")
     dense.set_defaults(func=_dense)
     sparse = kind.add_parser("sparse", help="distil teacher scores into an inference-free sparse encoder",
                              formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -31,6 +33,8 @@ def add_parser(sub) -> None:
     sparse.add_argument("--config", required=True, type=Path, help="YAML config (see configs/sparse/)")
     sparse.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sparse.add_argument("--summary", type=Path, default=None)
+    sparse.add_argument("--overwrite", action="store_true",
+                        help="replace output_dir even if it is not a sparse student retrieval-kd wrote")
     sparse.set_defaults(func=_sparse)
 
 
@@ -40,22 +44,28 @@ def parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())
+            raise ValueError(f"--set {pair!r}: the value is not valid YAML ({detail}); quote it") from None
     return out
 
 
 def _dense(args) -> int:
     from retrieval_kd.students import load_config, train_dense
 
-    return _report(train_dense(load_config(args.config, parse_overrides(args.overrides))), args)
+    return _report(train_dense(load_config(args.config, parse_overrides(args.overrides)),
+                               overwrite=args.overwrite), args)
 
 
 def _sparse(args) -> int:
     from retrieval_kd.students import load_sparse_config, train_sparse
 
-    return _report(train_sparse(load_sparse_config(args.config, parse_overrides(args.overrides))), args)
+    return _report(train_sparse(load_sparse_config(args.config, parse_overrides(args.overrides)),
+                                overwrite=args.overwrite), args)
 
 
 def _report(summary: dict, args) -> int:

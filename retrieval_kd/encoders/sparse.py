@@ -30,16 +30,33 @@ def siamese_splade(model: str = "rkd-local/splade-tiny", max_seq_length: int = 2
     from sentence_transformers.sentence_transformer.modules import Transformer
     from sentence_transformers.sparse_encoder.modules import SpladePooling
 
+    from retrieval_kd.models.resolve import resolve_model
+
+    model = resolve_model(model)
     return SparseEncoder(modules=[Transformer(model, max_seq_length=max_seq_length, transformer_task="fill-mask"),
                                   SpladePooling(pooling_strategy="max", activation_function="relu")], device=device)
 
 
-def load_sparse_encoder(model: str, device: str | None = None):
+def load_sparse_encoder(model: str, device: str | None = None, encoding="torch"):
     """A :class:`~sentence_transformers.SparseEncoder` from a folder or hub id; an MLM checkpoint without
-    sentence-transformers files (the offline pack's ``rkd-local/splade-tiny``) becomes a siamese SPLADE."""
+    sentence-transformers files (the offline pack's ``rkd-local/splade-tiny``) becomes a siamese SPLADE.
+
+    Another ``encoding`` than ``torch`` (:mod:`retrieval_kd.encoders.backends`) gives a
+    :class:`~retrieval_kd.encoders.runtime.GraphEncoder` of the document side with SPLADE pooling fused; a folder
+    written by ``rkd export-model`` always runs its own graph.
+    """
+    from retrieval_kd.encoders.backends import resolve_encoding
+
+    resolved = resolve_encoding(encoding, "sparse", model)
+    if resolved.backend != "torch":
+        from retrieval_kd.encoders.runtime import load_sparse_encoder as load_graph_encoder
+
+        return load_graph_encoder(model, resolved, device=device)
     from sentence_transformers import SparseEncoder
 
-    path = Path(model)
+    from retrieval_kd.models.resolve import resolve_model
+
+    path = Path(resolve_model(model))
     if (path / "modules.json").exists():
         return SparseEncoder(model, device=device)
     if not path.is_dir():  # a hub id: a cached sentence-transformers model, or a bare MLM checkpoint
@@ -93,12 +110,14 @@ def max_pool_rows(matrix: sp.spmatrix, owners: np.ndarray, n_rows: int) -> sp.cs
     return sp.csr_matrix((pooled.astype(np.float32), (rows[start], cols[start])), shape=(n_rows, matrix.shape[1]))
 
 
-def _cache_path(model: str, corpus, max_seq_length: int | None, windows: int = 1) -> Path:
+def _cache_path(model: str, corpus, max_seq_length: int | None, windows: int = 1, encoding="torch") -> Path:
+    from retrieval_kd.encoders.backends import resolve_encoding
     from retrieval_kd.encoders.embeddings import model_cache_file
 
     fields = {"max_seq_length": max_seq_length, "corpus": corpus.store_path.name, "kind": "sparse-doc"}
     if windows > 1:  # keys of truncated encodings stay those of earlier releases
         fields["windows"] = windows
+    fields.update(resolve_encoding(encoding, "sparse", model, check=False).cache_fields())  # torch: nothing
     return model_cache_file(model, "sparse", fields, ".npz")
 
 
@@ -110,21 +129,25 @@ def _save_npz(path: Path, matrix: sp.spmatrix) -> None:
 
 
 def sparse_corpus_vectors(model: str, corpus, max_seq_length: int | None = 256, batch_size: int = 32,
-                          chunk_size: int = 1024, encoder=None, windows: int = 1) -> sp.csr_matrix:
+                          chunk_size: int = 1024, encoder=None, windows: int = 1, encoding="torch") -> sp.csr_matrix:
     """Document vectors ``(len(corpus), vocab)`` (row i = the corpus's i-th document), cached on disk.
 
     ``windows`` > 1 encodes a document longer than ``max_seq_length`` tokens as up to that many consecutive
     windows and max-pools their vectors, which is SPLADE's own max pooling carried across windows (the
     "SPLADE-max over segments" aggregation of Nguyen et al. 2023, "Adapting Learned Sparse Retrieval for Long
-    Documents"). ``windows=1`` truncates, as sentence-transformers does.
+    Documents"). ``windows=1`` truncates, as sentence-transformers does. ``encoding`` is the backend that
+    encodes (an ``encoder`` from :func:`load_sparse_encoder` carries its own); it is part of the cache key.
     """
+    from retrieval_kd.encoders.backends import encoding_of
     from retrieval_kd.encoders.embeddings import encode_in_parts, remove_parts
+    from retrieval_kd.utils.fs import file_lock
 
     if windows < 1:
         raise ValueError(f"windows must be >= 1, got {windows}")
     if windows > 1 and not max_seq_length:
         raise ValueError("windows > 1 needs a max_seq_length to cut documents at")
-    path = _cache_path(model, corpus, max_seq_length, windows)
+    resolved = encoding_of(encoder, encoding, "sparse", model)
+    path = _cache_path(model, corpus, max_seq_length, windows, resolved)
     if path.exists():
         return sp.load_npz(path).tocsr()
     ids = corpus.ids
@@ -132,7 +155,7 @@ def sparse_corpus_vectors(model: str, corpus, max_seq_length: int | None = 256, 
     def encode(start: int, stop: int) -> sp.csr_matrix:
         nonlocal encoder
         if encoder is None:
-            encoder = load_sparse_encoder(model)
+            encoder = load_sparse_encoder(model, encoding=resolved)
             if max_seq_length:
                 encoder.max_seq_length = max_seq_length
         texts = corpus.texts(ids[start:stop])
@@ -142,14 +165,21 @@ def sparse_corpus_vectors(model: str, corpus, max_seq_length: int | None = 256, 
         vectors = to_scipy(encoder.encode_document(pieces, batch_size=batch_size, convert_to_sparse_tensor=True))
         return max_pool_rows(vectors, owners, len(texts))
 
-    parts_dir = path.with_suffix(".parts")
-    parts = encode_in_parts(len(ids), chunk_size, parts_dir, ".npz", encode, _save_npz, sp.load_npz,
-                            f"encode corpus (sparse, {model})")
-    matrix = sp.vstack(parts).tocsr()
-    _save_npz(path, matrix)
-    remove_parts(parts_dir)
-    logger.info("cached sparse corpus vectors %s (%.1f non-zeros per document) at %s", matrix.shape,
-                matrix.nnz / max(matrix.shape[0], 1), path)
+    if encoder is None:  # a model that cannot be loaded here fails before its parts folder is made
+        from retrieval_kd.models.resolve import resolve_model
+
+        resolve_model(model)
+    with file_lock(path, what="sparse corpus vectors", wait=True):
+        if path.exists():  # written by another process while this one waited
+            return sp.load_npz(path).tocsr()
+        parts_dir = path.with_suffix(".parts")
+        parts = encode_in_parts(len(ids), chunk_size, parts_dir, ".npz", encode, _save_npz, sp.load_npz,
+                                f"encode corpus (sparse, {model})")
+        matrix = sp.vstack(parts).tocsr()
+        _save_npz(path, matrix)
+        remove_parts(parts_dir)
+    logger.info("cached sparse corpus vectors %s (%.1f non-zeros per document, encoding %s) at %s", matrix.shape,
+                matrix.nnz / max(matrix.shape[0], 1), resolved.backend, path)
     return matrix
 
 

@@ -14,6 +14,9 @@ brute-force sparse dot products.
 * Storage (``indexes/<name>/``): ``postings.npz`` (SciPy's ``save_npz``, no pickle), ``doc_ids.json``,
   ``vocab.json`` and the ``rkd_index.json`` sidecar (encoder, parameters, counts).
 * Exports: OpenSearch / Elasticsearch ``rank_features`` documents and Anserini's ``JsonVectorCollection``.
+* :func:`build_sparse_index` encodes a corpus with a SparseEncoder and writes the folder (``rkd index build
+  sparse`` and the pipeline's index stage); :func:`query_side` turns a SparseEncoder into the function that
+  encodes queries for :meth:`SparseIndex.search_many`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QueryTokenizer", "SparseIndex", "prune_top_k"]
+__all__ = ["QueryTokenizer", "SparseIndex", "build_sparse_index", "prune_top_k", "query_side"]
 
 SIDECAR = "rkd_index.json"
 
@@ -116,6 +119,7 @@ class SparseIndex:
         """Write the index folder atomically (:func:`retrieval_kd.utils.fs.atomic_folder`); an existing folder is
         replaced only when retrieval-kd wrote it as a sparse index (else ``overwrite=True``)."""
         from retrieval_kd.index.dense import doc_ids_digest
+        from retrieval_kd.index.sidecar import source_record
         from retrieval_kd.utils.fs import atomic_folder
 
         folder = Path(folder)
@@ -126,7 +130,7 @@ class SparseIndex:
                 (tmp / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False))
             sidecar = {"type": "sparse-inverted", "n_docs": self.n_docs, "vocab_size": int(self.postings.shape[1]),
                        "nnz_per_doc": round(self.nnz_per_doc(), 2), "doc_ids_sha256": doc_ids_digest(self.doc_ids),
-                       **dict(meta or {})}
+                       **dict(meta or {}), **source_record(meta or {}, folder, "sparse")}
             (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1))
         return folder
 
@@ -135,8 +139,10 @@ class SparseIndex:
         """``(index, meta)`` of an index folder, checked: sidecar, postings, doc ids and vocabulary agree."""
         from retrieval_kd.errors import IntegrityError
         from retrieval_kd.index.dense import read_doc_ids, read_sidecar
+        from retrieval_kd.utils.fs import recover_folder
 
         folder = Path(folder)
+        recover_folder(folder)
         if not (folder / SIDECAR).exists():
             raise FileNotFoundError(f"{folder}: not a sparse index folder (no {SIDECAR}); build one with "
                                     "`rkd index build sparse`")
@@ -147,7 +153,7 @@ class SparseIndex:
         try:
             postings = sp.load_npz(folder / "postings.npz")
         except FileNotFoundError:
-            raise IntegrityError(f"{folder / 'postings.npz'}: missing; the index folder is incomplete, rebuild it")
+            raise IntegrityError(f"{folder / 'postings.npz'}: missing; the index folder is incomplete, rebuild it") from None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # npz (zip) damage
             raise IntegrityError(f"{folder / 'postings.npz'}: unreadable ({exc}); rebuild the index") from None
         doc_ids = read_doc_ids(folder / "doc_ids.json", postings.shape[0], meta.get("doc_ids_sha256"))
@@ -245,3 +251,48 @@ class QueryTokenizer:
             ids = np.unique(np.asarray(ids, dtype=np.int64))
             out[qid] = (ids, self.weights[ids])
         return out
+
+
+def build_sparse_index(model: str, corpus, folder: str | os.PathLike, prune: int | None = None,
+                       max_seq_length: int | None = None, windows: int = 1, dataset: str | None = None,
+                       overwrite: bool = False, encoding="torch") -> SparseIndex:
+    """Encode ``corpus`` with the SparseEncoder ``model`` (vectors cached), index it and write ``folder``.
+
+    Args:
+        model: a SparseEncoder folder or hub id (an MLM checkpoint becomes a siamese SPLADE).
+        corpus: the :class:`~retrieval_kd.data.Corpus` to index.
+        folder: the index folder (checked first: a refused output fails before the corpus is encoded).
+        prune: keep each document's ``prune`` largest weights (None: all).
+        max_seq_length: document tokens per window (None: the model's own).
+        windows: encode a longer document as up to this many windows, max-pooled (1: truncate).
+        dataset: the dataset reference the sidecar records (so the folder can be queried on its own).
+        overwrite: replace ``folder`` even if retrieval-kd did not write it as a sparse index.
+        encoding: the backend that encodes the documents (:mod:`retrieval_kd.encoders.backends`), recorded.
+    """
+    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors
+    from retrieval_kd.index.dense import corpus_identity
+    from retrieval_kd.utils.fs import check_output_folder
+
+    check_output_folder(folder, "sparse-index", overwrite)
+    encoder = load_sparse_encoder(model, encoding=encoding)
+    if max_seq_length:
+        encoder.max_seq_length = max_seq_length
+    vectors = sparse_corpus_vectors(model, corpus, encoder.max_seq_length, encoder=encoder, windows=windows)
+    used = getattr(encoder, "rkd_encoding", None)
+    vocab = [t for t, _ in sorted(encoder.tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    index = SparseIndex.build(vectors, corpus.ids, prune=prune, vocab=vocab)
+    index.save(folder, {"encoder": model, "dataset": dataset, "prune": prune, "max_seq_length": encoder.max_seq_length,
+                        "windows": windows, **corpus_identity(corpus),
+                        **({"encoding": used.describe()} if used is not None else {})}, overwrite=overwrite)
+    return index
+
+
+def query_side(encoder):
+    """``queries -> {qid: (token_ids, weights)}`` for a SparseEncoder: tokenised with the static weights of an
+    inference-free model (no forward pass), else encoded by the model's query route (siamese SPLADE)."""
+    try:
+        return QueryTokenizer.from_sparse_encoder(encoder).encode_many
+    except ValueError:
+        from retrieval_kd.encoders.sparse import sparse_query_vectors, sparse_rows
+
+        return lambda queries: sparse_rows(sparse_query_vectors(encoder, queries), queries)

@@ -22,15 +22,22 @@ Example (``configs/pipeline/scifact-demo.yaml`` is the full one)::
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval_kd.errors import ConfigError, UnavailableError
 from retrieval_kd.index.dense import INDEX_TYPES as _INDEX_KINDS
 
-__all__ = ["EvalSet", "PipelineConfig", "load_pipeline_config", "check_dataset_ref"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["EvalSet", "PipelineConfig", "load_pipeline_config", "check_dataset_ref", "check_split"]
 
 
 @dataclass
@@ -149,38 +156,102 @@ class PipelineConfig:
         return out
 
 
+def _describe(hint) -> str:
+    """What a type annotation asks for, in words (for error messages)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        words = " or ".join(_describe(a) for a in args if a is not type(None))
+        return words + (" or null" if type(None) in args else "")
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if typing.get_origin(hint) is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return {bool: "true or false (a YAML boolean, unquoted)", int: "an integer", float: "a number", str: "a string",
+            }.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _checked(value: Any, hint, where: str, dotted: str):
+    """``value`` if it is what ``hint`` annotates (nested dataclasses built), else a ConfigError naming the key.
+
+    ``bool`` must be a real boolean (the string ``"false"`` is refused, it would be true), ``int`` an integer (not a
+    boolean, not a string), ``float`` any number, ``list[X]`` a list of X, ``X | None`` also null.
+    """
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _checked(value, arg, where, dotted)
+            except ConfigError:
+                if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                    raise  # the mapping's own error names the key inside it
+        ok = False
+    elif dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, dotted)
+    elif origin is list:
+        if isinstance(value, list):
+            return [_checked(v, typing.get_args(hint)[0], where, f"{dotted}[{i}]") for i, v in enumerate(value)]
+        ok = False
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return value
+        ok = False
+    elif hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, hint) if isinstance(hint, type) else True
+    if not ok:
+        got = f"the string {value!r}" if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+        raise ConfigError(f"{where}: {dotted} must be {_describe(hint)}, got {got}")
+    return value
+
+
 def _build(cls, values: Any, where: str, key: str):
-    """A dataclass from a mapping, naming the file and dotted key of any unknown or mistyped entry."""
+    """A dataclass from a mapping, naming the file and dotted key of any unknown, missing or mistyped entry.
+
+    Every value is checked against its field's annotation (:func:`_checked`); nested sections are built the same
+    way. A section given as null takes its defaults.
+    """
     if values is None:
         return cls() if cls is not PipelineConfig else None
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: {key or 'config'} must be a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where}: {key or 'config'} must be a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known) - {"source"})
     if unknown:
-        raise ValueError(f"{where}: unknown key {'.'.join(filter(None, [key, unknown[0]]))!r} "
-                         f"(known: {', '.join(k for k in known if k != 'source')})")
+        raise ConfigError(f"{where}: unknown key {'.'.join(filter(None, [key, unknown[0]]))!r} "
+                          f"(known: {', '.join(k for k in known if k != 'source')})")
+    missing = [f.name for f in known.values() if f.name not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {'.'.join(filter(None, [key, missing[0]]))!r}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         dotted = ".".join(filter(None, [key, name]))
-        nested = {"candidates": CandidatesConfig, "teachers": TeachersConfig, "students": StudentsConfig,
-                  "index": IndexConfig, "dense": StudentSection, "sparse": StudentSection}
-        if name in nested and nested[name] is not None and cls in (PipelineConfig, StudentsConfig):
-            kwargs[name] = None if value is None else _build(nested[name], value, where, dotted)
-        elif name == "eval" and cls is PipelineConfig:
+        if name == "source":
+            continue
+        if name == "eval" and cls is PipelineConfig:
             if isinstance(value, (str, dict)):
                 value = [value]
-            sets = []
-            for i, item in enumerate(value or []):
-                item = {"dataset": item} if isinstance(item, str) else item
-                sets.append(_build(EvalSet, item, where, f"eval[{i}]"))
-            kwargs[name] = sets
+            if value is not None and not isinstance(value, list):
+                raise ConfigError(f"{where}: eval must be a list of eval sets (mappings or dataset names), got "
+                                  f"{value!r}")
+            kwargs[name] = [_build(EvalSet, {"dataset": item} if isinstance(item, str) else item, where, f"eval[{i}]")
+                            for i, item in enumerate(value or [])]
         else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"{where}: {key or 'config'}: {exc}") from None
+            kwargs[name] = _checked(value, hints[name], where, dotted)
+    return cls(**kwargs)
 
 
 def check_dataset_ref(ref: str) -> str:
@@ -204,6 +275,37 @@ def check_dataset_ref(ref: str) -> str:
         return "BEIR folder"
     raise ValueError(f"dataset {ref!r}: not a registered dataset ({', '.join(list_datasets())}), "
                      "a BEIR folder, or an ir_datasets id (irds:...)")
+
+
+def dataset_splits(ref: str) -> list[str]:
+    """The qrels splits a dataset reference has, read offline: a registered dataset's manifest, a BEIR folder's
+    ``qrels/<split>.tsv[.gz]``, or the one split an ``irds:`` id's qrels are (its name's split component)."""
+    from retrieval_kd.data.registry import get_manifest, list_datasets
+
+    if ref.startswith("irds:"):
+        from retrieval_kd.data.irds import _split_of
+
+        return [_split_of(ref[len("irds:"):])]
+    if ref in list_datasets():
+        return get_manifest(ref).splits
+    return sorted({p.name.split(".")[0] for p in Path(ref, "qrels").glob("*.tsv*")})
+
+
+def check_split(ref: str, split: str) -> None:
+    """Raise :class:`~retrieval_kd.errors.ConfigError` when dataset ``ref`` has no qrels for ``split``."""
+    splits = dataset_splits(ref)
+    if split not in splits:
+        raise ConfigError(f"dataset {ref!r} has no split {split!r} (its qrels splits: {', '.join(splits) or 'none'})")
+
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _folder_name(value: str, where: str, key: str) -> None:
+    """A name that becomes one folder under the experiment: no separators, and never ``.`` or ``..``."""
+    if not _FOLDER_NAME.fullmatch(value) or set(value) == {"."}:
+        raise ConfigError(f"{where}: {key} {value!r} must be a folder name (letters, digits, . _ -; not . or ..), "
+                          "it names a folder under the output root")
 
 
 def _number(value, where: str, key: str, kind=int, minimum=1):
@@ -244,11 +346,18 @@ def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | Non
 
 
 def _validate(config: PipelineConfig, where: str) -> None:
+    from retrieval_kd.eval import validate_metrics
     from retrieval_kd.teachers import parse_teacher
 
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.name):
-        raise ValueError(f"{where}: name {config.name!r} must be a folder name (letters, digits, . _ -)")
-    check_dataset_ref(config.dataset)
+    _folder_name(config.name, where, "name")
+    try:
+        check_dataset_ref(config.dataset)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: dataset: {exc}") from None
+    try:
+        check_split(config.dataset, config.train_split)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: train_split: {exc}") from None
     if not config.eval:
         raise ValueError(f"{where}: eval lists no test collection")
     names = [e.name for e in config.eval]
@@ -261,8 +370,18 @@ def _validate(config: PipelineConfig, where: str) -> None:
             raise ValueError(f"{where}: eval[{i}]: {exc}") from None
         if ev.dataset == config.dataset and ev.split == config.train_split:
             raise ValueError(f"{where}: eval[{i}] is the training split {ev.split!r} of {ev.dataset!r}")
+        try:
+            check_split(ev.dataset, ev.split)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: eval[{i}].split: {exc}") from None
+        _folder_name(ev.name, where, f"eval[{i}].name")
+        _folder_name(ev.corpus, where, f"eval[{i}].corpus")
     if not config.metrics:
         raise ValueError(f"{where}: metrics is empty")
+    try:
+        validate_metrics(config.metrics)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: metrics: {exc}") from None
     for s in config.candidates.sources:
         if s not in ("bm25", "dense"):
             raise ValueError(f"{where}: candidates.sources: unknown source {s!r} (bm25, dense)")
@@ -271,9 +390,16 @@ def _validate(config: PipelineConfig, where: str) -> None:
         raise ValueError(f"{where}: teachers.members is empty")
     for i, spec in enumerate(config.teachers.members):
         try:
-            parse_teacher(spec)
+            teacher = parse_teacher(spec)
         except (ValueError, KeyError) as exc:
             raise ValueError(f"{where}: teachers.members[{i}] {spec!r}: {exc}") from None
+        _warn_unavailable(getattr(teacher, "model_name", None), where, f"teachers.members[{i}]")
+    tc = config.teachers
+    tc.rerank_depth = _number(tc.rerank_depth, where, "teachers.rerank_depth")
+    if not 0 < tc.fit_step <= 1:
+        raise ConfigError(f"{where}: teachers.fit_step must be in (0, 1] (the weight grid's step), got {tc.fit_step}")
+    if tc.weights is not None and any(w < 0 for w in tc.weights):
+        raise ConfigError(f"{where}: teachers.weights must be >= 0, got {tc.weights}")
     if config.teachers.normalization not in ("minmax", "zscore", "none"):
         raise ValueError(f"{where}: teachers.normalization must be minmax, zscore or none")
     if config.teachers.weights is not None and len(config.teachers.weights) != len(config.teachers.members):
@@ -296,7 +422,15 @@ def _validate(config: PipelineConfig, where: str) -> None:
         raise ValueError(f"{where}: index.distill_vq: unknown key {unknown[0]!r}")
     if ix.distill_vq_queries not in ("auto", "train", "pseudo"):
         raise ValueError(f"{where}: index.distill_vq_queries must be auto, train or pseudo")
+    ix.threads = _number(ix.threads, where, "index.threads")
+    for key in ("nprobe", "speed_nprobe"):
+        too_many = [n for n in ([ix.nprobe] if key == "nprobe" else ix.speed_nprobe) if n > ix.nlist]
+        if too_many and any(t in ix.types for t in _IVF_KINDS):
+            raise ConfigError(f"{where}: index.{key}: {too_many[0]} is more than index.nlist ({ix.nlist}) lists")
     config.retrieve_top_k = _number(config.retrieve_top_k, where, "retrieve_top_k")
+    if tc.rerank_depth > config.retrieve_top_k:
+        raise ConfigError(f"{where}: teachers.rerank_depth ({tc.rerank_depth}) is more than retrieve_top_k "
+                          f"({config.retrieve_top_k}): BM25's runs, which the teachers rerank, hold no more")
     if config.students.dense is None and any(t in ix.types for t in _INDEX_KINDS) and ix.types:
         raise ValueError(f"{where}: index.types needs students.dense (the indexes hold its embeddings); "
                          "set index.types: [] to build none")
@@ -304,9 +438,47 @@ def _validate(config: PipelineConfig, where: str) -> None:
         section = getattr(config.students, kind)
         if section is not None:
             try:
-                student_config(config, kind)
+                student = student_config(config, kind)
             except (ValueError, FileNotFoundError) as exc:
                 raise ValueError(f"{where}: students.{kind}: {exc}") from None
+            _warn_unavailable(student.model, where, f"students.{kind}")
+            if kind == "dense":
+                _check_code_sizes(config, student.model, where)
+
+
+_IVF_KINDS = ("ivfpq", "opq-ivfpq", "distill-vq")
+_PQ_KINDS = ("pq", "ivfpq", "opq-ivfpq", "distill-vq")
+
+
+def _warn_unavailable(model: str | None, where: str, key: str) -> None:
+    """Log (not raise) a model that cannot be loaded here: a config is often checked away from where it runs."""
+    if not model:
+        return
+    from retrieval_kd.models import resolve_model
+
+    try:
+        resolve_model(model)
+    except UnavailableError as exc:
+        logger.warning("%s: %s: %s (the run will need it)", where, key, exc)
+
+
+def _check_code_sizes(config: PipelineConfig, model: str, where: str) -> None:
+    """``index.bytes`` (PQ sub-quantizers) must divide the dense student's embedding dimension, read offline."""
+    from retrieval_kd.models import embedding_dimension
+
+    if not any(t in config.index.types for t in _PQ_KINDS):
+        return
+    dim = embedding_dimension(model)
+    if dim is None:
+        logger.info("%s: the dense student %s is not here; index.bytes not checked against its dimension", where,
+                    model)
+        return
+    bad = [b for b in config.index.bytes if dim % b]
+    if bad:
+        divisors = [k for k in range(1, dim + 1) if dim % k == 0]
+        raise ConfigError(f"{where}: index.bytes: {bad[0]} does not divide the dense student's embedding dimension "
+                          f"{dim} ({model}); PQ codes d/m dimensions per byte: use one of "
+                          f"{', '.join(map(str, divisors))}")
 
 
 def student_config(config: PipelineConfig, kind: str):

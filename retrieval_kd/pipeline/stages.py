@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,35 +228,35 @@ def build_indexes(ctx: Context) -> dict:
                         **corpus_identity(coll.corpus)}
                 if kind == "distill-vq":
                     params = {"pseudo_queries": 3000, "seed": 0, **ix.distill_vq, "nlist": ix.nlist, "m": int(size)}
-                    trained = train_distill_vq(docs, train_q, DistillVQConfig(**params))
+                    # per-epoch checkpoints: a kill mid-training resumes at the last finished epoch
+                    checkpoints = ctx.work / "checkpoints" / "distill-vq" / ev.corpus / name
+                    trained = train_distill_vq(docs, train_q, DistillVQConfig(**params), checkpoint_dir=checkpoints)
                     index = export_faiss(trained.module, lists=trained.lists, codes=trained.codes)
                     meta.update(distill_vq=params, train_queries=len(train_q), history=trained.history)
                 else:
+                    checkpoints = None
                     index = build_faiss_index(kind, docs, nlist=ix.nlist, m=int(size or 0) or 48)
                 meta.update(nlist=ix.nlist if kind not in ("flat", "hnsw", "pq") else None)
                 save_index(index, out / name, coll.corpus.ids, meta)
+                if checkpoints is not None:
+                    shutil.rmtree(checkpoints, ignore_errors=True)  # the index folder is in place
                 rows[name] = {"bytes_per_vector": bytes_per_vector(index),
                               "seconds": round(time.perf_counter() - t0, 1)}
                 logger.info("%s: built %s (%.0f bytes/vector) in %.1f s", ev.name, name,
                             rows[name]["bytes_per_vector"], rows[name]["seconds"])
         if cfg.students.sparse is not None:
-            rows["sparse"] = _sparse_index(ctx, coll, out / "sparse")
+            rows["sparse"] = _sparse_index(ctx, ev.dataset, out / "sparse")
         summary[ev.corpus] = rows
     return summary
 
 
-def _sparse_index(ctx: Context, coll, folder: Path) -> dict:
-    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_corpus_vectors
-    from retrieval_kd.index.dense import corpus_identity
-    from retrieval_kd.index.sparse import SparseIndex
+def _sparse_index(ctx: Context, dataset: str, folder: Path) -> dict:
+    from retrieval_kd.index.sparse import build_sparse_index
 
     config = student_config(ctx.config, "sparse")
-    model = load_sparse_encoder(config.output_dir)
-    vectors = sparse_corpus_vectors(config.output_dir, coll.corpus, config.max_seq_length, encoder=model)
-    vocab = [t for t, _ in sorted(model.tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-    index = SparseIndex.build(vectors, coll.corpus.ids, prune=ctx.config.index.sparse_prune, vocab=vocab)
-    index.save(folder, {"encoder": config.output_dir, "prune": ctx.config.index.sparse_prune,
-                        **corpus_identity(coll.corpus)})
+    index = build_sparse_index(str(config.output_dir), ctx.collection(dataset).corpus, folder,
+                               prune=ctx.config.index.sparse_prune, max_seq_length=config.max_seq_length,
+                               dataset=dataset)
     return {"nnz_per_doc": round(index.nnz_per_doc(), 1)}
 
 
@@ -285,10 +286,12 @@ def _timed_search(index, q: np.ndarray, k: int, nprobe: int | None, repeats: int
 def retrieve(ctx: Context) -> dict:
     """Runs of every system on every eval set (TREC files), and the nprobe sweep: queries/s (one thread, best of
     3, all queries in one batch) against Recall@10 = the share of exact search's top-10 found."""
+    from faiss.contrib.evaluation import knn_intersection_measure
+
     from retrieval_kd.data import write_run
     from retrieval_kd.encoders import query_embeddings
     from retrieval_kd.index.dense import check_corpus, load_index, search_threads
-    from retrieval_kd.search.dense import dense_search
+    from retrieval_kd.search.dense import dense_search, hits_to_run
 
     cfg, ix = ctx.config, ctx.config.index
     summary: dict = {}
@@ -321,8 +324,7 @@ def retrieve(ctx: Context) -> dict:
                     for p in sweep:
                         (_, r10), qps = _timed_search(index, q, 10, p)
                         points.append({"nprobe": p, "qps": round(qps, 1), "rows": r10})
-                save(f"dense-{name}", {qid: {doc_ids[int(r)]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
-                                       for i, qid in enumerate(qids)})
+                save(f"dense-{name}", hits_to_run(scores, rows, doc_ids, qids))
                 if name == "flat":
                     exact = rows[:, :10]
                 speed[name] = {"bytes_per_vector": meta["bytes_per_vector"], "points": points}
@@ -330,7 +332,8 @@ def retrieve(ctx: Context) -> dict:
                 for pt in entry["points"]:
                     r10 = pt.pop("rows")
                     if exact is not None:
-                        pt["recall@10"] = round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r10, exact)])), 4)
+                        # the share of exact search's top-10 found (fewer columns where the corpus is smaller)
+                        pt["recall@10"] = round(float(knn_intersection_measure(r10[:, :exact.shape[1]], exact)), 4)
         if cfg.students.sparse is not None:
             from retrieval_kd.encoders.sparse import load_sparse_encoder
             from retrieval_kd.index.sparse import QueryTokenizer, SparseIndex

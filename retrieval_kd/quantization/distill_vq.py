@@ -18,6 +18,12 @@ Zhan et al. 2021): gradients reach the selected codewords and centroids through 
 exported index stores exactly the codes the loss was optimised for. ``reassign=True`` re-encodes every vector
 by FAISS's nearest-codeword rule at each epoch instead.
 
+Resuming: given a ``checkpoint_dir``, every epoch ends with a checkpoint there
+(:mod:`retrieval_kd.quantization.checkpoint`), and a run with the same config and embeddings starts from the
+newest one: a run killed in epoch 5 redoes epoch 5 only, and ends with the parameters, codes and history of an
+uninterrupted run, bit for bit (same thread count). The checkpoints are kept after training, since the caller has
+not saved its result yet; ``rkd vq train`` removes them once its output folder is in place.
+
 References:
     Xiao, S., et al. (2022). Distill-VQ: Learning Retrieval Oriented Vector Quantization By Distilling
     Knowledge from Dense Embeddings. SIGIR.
@@ -27,13 +33,16 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from retrieval_kd.quantization.checkpoint import TrainingState, load_checkpoint, run_key, save_checkpoint
 from retrieval_kd.quantization.learnable_ivfpq import LearnableIVFPQ
 from retrieval_kd.quantization.losses import ListwiseDistillLoss, MarginMSEDistillLoss
 
@@ -115,7 +124,9 @@ def _candidates(rng: np.random.Generator, top: np.ndarray, lists: np.ndarray, me
 
 
 def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQConfig | None = None,
-                     module: LearnableIVFPQ | None = None, teacher_fn=None, show_progress: bool = False) -> DistillVQResult:
+                     module: LearnableIVFPQ | None = None, teacher_fn=None, show_progress: bool = False,
+                     checkpoint_dir: str | os.PathLike | None = None,
+                     checkpoint_key: dict | None = None) -> DistillVQResult:
     """Train a learnable IVF-PQ on ``docs`` by distilling relevance for ``queries``.
 
     Args:
@@ -124,18 +135,41 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
             many sampled documents as pseudo-queries.
         module: an initialised module (default: FAISS-trained on ``docs``).
         teacher_fn: ``f(query_rows, doc_rows) -> (b, n) scores`` to distil other teachers' scores; default ``q . d``.
+        checkpoint_dir: write a checkpoint there after every epoch and resume from the newest one of the same run
+            (config, embeddings, initial module, ``checkpoint_key``); locked while training, so a second run on
+            the same folder fails at once (:class:`~retrieval_kd.errors.LockedError`).
+        checkpoint_key: what else the run depends on, for the checkpoints' key: with a ``teacher_fn``, name its
+            scores (e.g. the score store's teacher fingerprint), or a resumed run may mix two teachers.
     """
+    from retrieval_kd.utils.fs import file_lock
+
+    with contextlib.ExitStack() as stack:
+        if checkpoint_dir is not None:
+            stack.enter_context(file_lock(checkpoint_dir, what="Distill-VQ checkpoints"))
+        return _train(docs, queries, config or DistillVQConfig(), module, teacher_fn, checkpoint_dir,
+                      checkpoint_key)
+
+
+def _train(docs, queries, cfg: DistillVQConfig, module, teacher_fn, checkpoint_dir, checkpoint_key) -> DistillVQResult:
     from retrieval_kd.utils.progress import progress
 
-    cfg = config or DistillVQConfig()
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     docs = np.array(docs, dtype=np.float32)  # a writable copy (inputs may be memory-mapped caches)
     queries = np.array(queries, dtype=np.float32)
+    key = resumed = None
+    if checkpoint_dir is not None:
+        extra = dict(checkpoint_key or {})
+        if teacher_fn is not None:
+            extra["teacher_fn"] = f"{getattr(teacher_fn, '__module__', '')}.{getattr(teacher_fn, '__qualname__', '')}"
+        key = run_key(cfg.to_dict(), docs, queries, module, extra)
+        resumed = load_checkpoint(checkpoint_dir, key)
     if cfg.pseudo_queries:
         pick = rng.choice(len(docs), size=min(cfg.pseudo_queries, len(docs)), replace=False)
         queries = np.concatenate([queries, docs[pick]])
-    if module is None:
+    if module is None and resumed is not None:  # its parameters come from the checkpoint
+        module = LearnableIVFPQ(docs.shape[1], cfg.nlist, cfg.m, cfg.nbits, cfg.opq, cfg.metric)
+    elif module is None:
         module = LearnableIVFPQ.from_faiss_training(docs, cfg.nlist, cfg.m, cfg.nbits, cfg.opq, cfg.metric,
                                                     seed=cfg.seed)
     held = np.zeros((0, docs.shape[1]), dtype=np.float32)
@@ -154,9 +188,18 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
     if module.use_opq:
         groups.append({"params": list(module.rotation.parameters()), "lr": cfg.lr_rotation})
     optim = torch.optim.Adam(groups)
-    history = []
-    lists_t, codes_t = module.encode(d_t)  # hard assignments by FAISS's rules
-    best = None
+    history, best, first = [], None, 0
+    if resumed is not None:
+        module.load_state_dict(resumed.module)
+        state = optim.state_dict()
+        state["state"] = resumed.optimizer
+        optim.load_state_dict(state)
+        lists_t, codes_t = resumed.lists, resumed.codes
+        history, best, first = resumed.history, resumed.best, resumed.epoch
+        rng.bit_generator.state = resumed.numpy_rng
+        torch.set_rng_state(resumed.torch_rng)
+    else:
+        lists_t, codes_t = module.encode(d_t)  # hard assignments by FAISS's rules
     if len(held):
         _, held_top = exact_topk(held, docs, 10)
         held_t = torch.from_numpy(held)
@@ -165,9 +208,10 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
             _, found = module.search(held_t, lists_t, codes_t, 10, cfg.holdout_nprobe)
             return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.numpy(), held_top)]))
 
-        best = (held_recall(), 0, copy.deepcopy(module.state_dict()))
-        history.append({"epoch": 0, "heldout_recall@10": best[0]})
-    for epoch in range(cfg.epochs):
+        if resumed is None:
+            best = (held_recall(), 0, copy.deepcopy(module.state_dict()))
+            history.append({"epoch": 0, "heldout_recall@10": best[0]})
+    for epoch in range(first, cfg.epochs):
         if cfg.reassign and epoch:
             lists_t, codes_t = module.encode(d_t)
         lists = lists_t.numpy()
@@ -206,6 +250,11 @@ def train_distill_vq(docs: np.ndarray, queries: np.ndarray, config: DistillVQCon
             if recall > best[0]:
                 best = (recall, epoch + 1, copy.deepcopy(module.state_dict()))
         logger.info("distill-vq epoch %d: %s", epoch + 1, history[-1])
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, key, TrainingState(
+                epoch + 1, module.state_dict(), optim.state_dict()["state"], lists_t, codes_t, history, best,
+                rng.bit_generator.state, torch.get_rng_state()),
+                code_dtype=torch.uint8 if module.ksub <= 256 else torch.int32)
     if best is not None:
         module.load_state_dict(best[2])
         history.append({"selected_epoch": best[1], "heldout_recall@10": best[0]})

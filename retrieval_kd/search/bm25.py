@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,14 +28,42 @@ __all__ = ["BM25Params", "BM25Index", "bm25_index_for"]
 _SIDECAR = "rkd_index.json"
 
 
+_BM25_METHODS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
+
+
 @dataclass(frozen=True)
 class BM25Params:
+    """BM25's parameters, checked on creation (a bad value raises :class:`~retrieval_kd.errors.ConfigError` naming
+    it, before bm25s sees it): ``k1 >= 0`` (term-frequency saturation), ``0 <= b <= 1`` (length normalisation),
+    ``method`` one of bm25s' variants, ``stemmer`` a PyStemmer language or None."""
+
     k1: float = 0.9
     b: float = 0.4
     method: str = "lucene"
     stemmer: str | None = "english"
     stopwords: str | None = "en"
     lower: bool = True
+
+    def __post_init__(self) -> None:
+        import math
+
+        from retrieval_kd.errors import ConfigError
+
+        for name, high in (("k1", math.inf), ("b", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+                bound = ">= 0" if high == math.inf else "in [0, 1]"
+                raise ConfigError(f"BM25 {name}={value!r}: must be a number {bound} (default {name}="
+                                  f"{getattr(BM25Params, name)})")
+            object.__setattr__(self, name, float(value))
+        if self.method not in _BM25_METHODS:
+            raise ConfigError(f"BM25 method={self.method!r}: use one of {', '.join(_BM25_METHODS)}")
+        if self.stemmer is not None and not isinstance(self.stemmer, str):
+            raise ConfigError(f"BM25 stemmer={self.stemmer!r}: a PyStemmer language name (e.g. english) or None")
+        if self.stopwords is not None and not isinstance(self.stopwords, str):
+            raise ConfigError(f"BM25 stopwords={self.stopwords!r}: a language code (e.g. en) or None")
+        if not isinstance(self.lower, bool):
+            raise ConfigError(f"BM25 lower={self.lower!r}: must be true or false")
 
 
 class BM25Index:
@@ -96,46 +123,53 @@ class BM25Index:
         return cls(retriever, tokenizer, doc_ids, params, meta)
 
     # -- persistence -------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the index folder atomically (a temporary folder renamed into place)."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the index folder atomically (:func:`retrieval_kd.utils.fs.atomic_folder`); an existing folder is
+        replaced only when retrieval-kd wrote it as a BM25 index (else ``overwrite=True``)."""
+        from retrieval_kd.index.dense import doc_ids_digest
+        from retrieval_kd.index.sidecar import source_record
+        from retrieval_kd.utils.fs import atomic_folder
+
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.retriever.save(str(tmp), show_progress=False)
-        self.tokenizer.save_vocab(str(tmp))
-        self.tokenizer.save_stopwords(str(tmp))
-        (tmp / "docids.json").write_text(json.dumps(self.doc_ids))
-        sidecar = {"type": "bm25", "library": "bm25s", "params": asdict(self.params), "documents": len(self.doc_ids)}
-        sidecar.update(self.meta)
-        (tmp / _SIDECAR).write_text(json.dumps(sidecar, indent=1))
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not (path / _SIDECAR).exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process (e.g. a torchrun rank) saved it first
+        with atomic_folder(path, "bm25-index", overwrite=overwrite) as tmp:
+            self.retriever.save(str(tmp), show_progress=False)
+            self.tokenizer.save_vocab(str(tmp))
+            self.tokenizer.save_stopwords(str(tmp))
+            (tmp / "docids.json").write_text(json.dumps(self.doc_ids))
+            sidecar = {"type": "bm25", "library": "bm25s", "params": asdict(self.params),
+                       "documents": len(self.doc_ids), "doc_ids_sha256": doc_ids_digest(self.doc_ids)}
+            sidecar.update(self.meta)
+            sidecar.update(source_record(self.meta, path, "bm25"))
+            (tmp / _SIDECAR).write_text(json.dumps(sidecar, indent=1))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BM25Index:
         import bm25s
 
+        from retrieval_kd.errors import IntegrityError
+        from retrieval_kd.index.dense import read_doc_ids, read_sidecar
+        from retrieval_kd.utils.fs import recover_folder
+
         path = Path(path)
+        recover_folder(path)
         sidecar_path = path / _SIDECAR
         if not sidecar_path.exists():
             raise FileNotFoundError(f"{path} is not a BM25 index folder (no {_SIDECAR})")
-        sidecar = json.loads(sidecar_path.read_text())
-        params = BM25Params(**sidecar["params"])
-        tokenizer = cls._make_tokenizer(params)
-        tokenizer.load_vocab(str(path))
-        tokenizer.load_stopwords(str(path))
-        retriever = bm25s.BM25.load(str(path), load_corpus=False)
-        doc_ids = json.loads((path / "docids.json").read_text())
-        meta = {k: v for k, v in sidecar.items() if k not in ("type", "library", "params", "documents")}
+        sidecar = read_sidecar(path)
+        if not isinstance(sidecar, dict) or sidecar.get("type") != "bm25" or not isinstance(sidecar.get("params"), dict):
+            raise IntegrityError(f"{sidecar_path}: not the sidecar of a BM25 index; rebuild it")
+        try:
+            params = BM25Params(**sidecar["params"])
+            tokenizer = cls._make_tokenizer(params)
+            tokenizer.load_vocab(str(path))
+            tokenizer.load_stopwords(str(path))
+            retriever = bm25s.BM25.load(str(path), load_corpus=False)
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            raise IntegrityError(f"{path}: unreadable BM25 index ({type(exc).__name__}: {exc}); rebuild it") from None
+        doc_ids = read_doc_ids(path / "docids.json", int(sidecar.get("documents", -1)), sidecar.get("doc_ids_sha256"))
+        meta = {k: v for k, v in sidecar.items() if k not in ("type", "library", "params", "documents",
+                                                              "doc_ids_sha256")}
         return cls(retriever, tokenizer, doc_ids, params, meta)
 
     # -- search ------------------------------------------------------------------------------------------------
@@ -182,29 +216,37 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
-def bm25_index_for(collection, index_dir: Path | None = None, params=None, rebuild: bool = False):
-    """Open the BM25 index of a collection, building and saving it when absent or stale."""
+def bm25_index_for(collection, index_dir: Path | None = None, params=None, rebuild: bool = False,
+                   overwrite: bool = False):
+    """Open the BM25 index of a collection, building and saving it when absent or stale.
+
+    A folder at ``index_dir`` that is not a BM25 index retrieval-kd wrote is never replaced unless ``overwrite``.
+    """
     from retrieval_kd.paths import indexes_dir
+    from retrieval_kd.utils.fs import check_output_folder, file_lock
     from retrieval_kd.utils.progress import progress_enabled
 
     params = params or BM25Params()
     if collection.corpus is None:
         raise ValueError(f"dataset {collection.name!r} has no corpus to index")
-    index_dir = index_dir or indexes_dir() / "bm25" / _safe(collection.name)
+    index_dir = Path(index_dir or indexes_dir() / "bm25" / _safe(collection.name))
     corpus_key = collection.corpus.store_path.name
-    if index_dir.exists() and not rebuild:
-        try:
-            index = BM25Index.load(index_dir)
-            if index.meta.get("corpus_key") == corpus_key and asdict(index.params) == asdict(params):
-                logger.info("using BM25 index %s", index_dir)
-                return index
-            logger.info("BM25 index %s is stale (corpus or parameters changed); rebuilding", index_dir)
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            logger.warning("cannot open BM25 index %s (%s); rebuilding", index_dir, exc)
-    index = BM25Index.build(
-        collection.corpus, params, meta={"dataset": collection.name, "corpus_key": corpus_key},
-        show_progress=progress_enabled(),
-    )
-    index.save(index_dir)
+    # processes sharing the folder (torchrun ranks, two commands) wait for one another, then reuse its build
+    with file_lock(index_dir.with_name(f"{index_dir.name}.build"), what="the BM25 index", wait=True):
+        if index_dir.exists() and not rebuild:
+            try:
+                index = BM25Index.load(index_dir)
+                if index.meta.get("corpus_key") == corpus_key and asdict(index.params) == asdict(params):
+                    logger.info("using BM25 index %s", index_dir)
+                    return index
+                logger.info("BM25 index %s is stale (corpus or parameters changed); rebuilding", index_dir)
+            except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+                logger.warning("cannot open BM25 index %s (%s); rebuilding", index_dir, exc)
+        check_output_folder(index_dir, "bm25-index", overwrite)  # before the corpus is indexed
+        index = BM25Index.build(
+            collection.corpus, params, meta={"dataset": collection.name, "corpus_key": corpus_key},
+            show_progress=progress_enabled(),
+        )
+        index.save(index_dir, overwrite=overwrite)
     logger.info("saved BM25 index to %s", index_dir)
     return index

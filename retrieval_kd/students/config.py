@@ -14,6 +14,7 @@ A config file::
       teacher: ensemble                           # name or fingerprint in the store
       max_negatives: 30
       dev_fraction: 0.1                           # held-out *train* queries for evaluation during training
+      # without labels: queries: q.jsonl (rkd queries), positives: source | teacher | both (see DataConfig)
     loss: {name: margin-mse}                      # margin-mse | kl | dual | mnrl
     sampler: {kind: tas-balanced, n_bins: 10}     # random | topic | tas-balanced
     training:                                     # any SentenceTransformerTrainingArguments field
@@ -51,6 +52,14 @@ class DataConfig:
         teacher_scale: multiplies teacher scores (to match the student's score range).
         dev_fraction: share of training queries held out for evaluation during training (0: none).
         dev_max_queries: at most this many dev queries.
+        queries: a ``queries.jsonl`` made by ``rkd queries`` (generated, cropped or imported; its provenance
+            sidecar names each query's source document): train on these queries instead of the split's.
+        positives: what a query's positives are: ``qrels`` (the split's judgements; the default, labelled
+            distillation), ``source`` (the document each query of ``queries`` was made from, as GPL), ``teacher``
+            (the teacher's top-scored candidate; ``teacher-topN``: its top N) or ``both`` (source and teacher top
+            1). Without ``queries``, ``teacher`` takes the split's queries and ignores their judgements.
+        mix_labeled: with ``queries``, also train on the split's judged queries with their qrels (labelled +
+            generated).
     """
 
     dataset: str = "scifact"
@@ -61,6 +70,9 @@ class DataConfig:
     teacher_scale: float = 1.0
     dev_fraction: float = 0.1
     dev_max_queries: int | None = 100
+    queries: str | None = None
+    positives: str = "qrels"
+    mix_labeled: bool = False
 
 
 @dataclass
@@ -287,4 +299,25 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
         raise ValueError(f"{where}: sampler.kind {config.sampler.kind!r} is not one of {list(SAMPLERS)}")
     if not 0 <= config.data.dev_fraction < 1:
         raise ValueError(f"{where}: data.dev_fraction must be in [0, 1)")
+    _check_positives(config.data, where)
     return config
+
+
+def _check_positives(data: DataConfig, where: str) -> None:
+    from retrieval_kd.errors import ConfigError
+    from retrieval_kd.queries.pseudo_qrels import parse_positive
+
+    if data.positives == "qrels":
+        if data.queries:
+            raise ConfigError(f"{where}: data.positives qrels takes the split's judgements, which data.queries "
+                              "has none of; use source, teacher or both (and data.mix_labeled for the split too)")
+    else:
+        try:
+            use_source, _ = parse_positive(data.positives)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: data.{exc}; or qrels") from None
+        if use_source and not data.queries:
+            raise ConfigError(f"{where}: data.positives {data.positives} takes each query's source document: set "
+                              "data.queries to a queries.jsonl made by `rkd queries`")
+    if data.mix_labeled and not data.queries:
+        raise ConfigError(f"{where}: data.mix_labeled adds the split's judged queries to data.queries; set it")

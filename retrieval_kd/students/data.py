@@ -39,11 +39,14 @@ def split_dev(query_ids: Sequence[str], fraction: float, seed: int = 0, max_quer
 
 
 def pair_dataset(run: Mapping[str, Mapping[str, float]], qrels, collection, level: int = 1,
-                 max_negatives: int | None = 30, scale: float = 1.0, query_ids: Sequence[str] | None = None):
+                 max_negatives: int | None = 30, scale: float = 1.0, query_ids: Sequence[str] | None = None,
+                 queries: Mapping[str, str] | None = None):
     """Teacher-scored (query, positive, negative) rows as a ``datasets.Dataset``.
 
     Positives are the judged documents (grade >= ``level``) that the teacher scored; negatives the other scored
-    candidates, hardest (highest teacher score) first, at most ``max_negatives`` per query. Columns: ``query``,
+    candidates, hardest (highest teacher score) first, at most ``max_negatives`` per query. ``qrels`` may be
+    pseudo-qrels (:func:`retrieval_kd.queries.pseudo_qrels`) and ``queries`` the texts of generated queries
+    (default: the collection's). Columns: ``query``,
     ``positive``, ``negative`` (texts, in the order the losses read them), then ``query_id``, ``positive_id``,
     ``negative_id``, ``score_positive``, ``score_negative`` (teacher scores times ``scale``).
     """
@@ -54,7 +57,7 @@ def pair_dataset(run: Mapping[str, Mapping[str, float]], qrels, collection, leve
         run = {q: s for q, s in run.items() if q in keep}
     if not run:
         raise ValueError("no teacher scores for the training queries; score their candidates with `rkd teach` first")
-    ds = to_hf_dataset(run, qrels, collection, level=level, max_negatives=max_negatives)
+    ds = to_hf_dataset(run, qrels, collection, queries=queries, level=level, max_negatives=max_negatives)
     if ds.num_rows == 0:
         raise ValueError(f"{collection.name}: no (positive, negative) pair among the scored candidates; are the "
                          "judged positives among the candidates (rkd teach mine adds them)?")
@@ -170,16 +173,16 @@ class DistillationCollator:
 
 
 def dev_evaluator(collection, dev_query_ids: Sequence[str], candidates: Mapping[str, Mapping[str, float]], qrels,
-                  level: int = 1, name: str = "dev", batch_size: int = 32):
+                  level: int = 1, name: str = "dev", batch_size: int = 32, queries: Mapping[str, str] | None = None):
     """An IR evaluator over held-out training queries and their candidate passages (not the whole corpus).
 
     Encoding the whole corpus at each evaluation would cost minutes on a CPU; the dev corpus is the union of the
     dev queries' teacher candidates (which include their judged positives), so the evaluator measures how well
-    the student ranks the candidates, as the teacher does.
+    the student ranks the candidates, as the teacher does. ``queries``: the query texts (default: the collection's).
     """
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    queries = collection.all_queries
+    queries = collection.all_queries if queries is None else queries
     dev = [q for q in dev_query_ids if q in candidates]
     doc_ids = sorted({d for q in dev for d in candidates[q]})
     corpus = dict(zip(doc_ids, collection.corpus.texts(doc_ids)))

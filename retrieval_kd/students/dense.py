@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from retrieval_kd.students.config import DenseTrainingConfig
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainingData", "last_dev_metrics", "prepare_training_data", "resolve_teacher_scores", "resume_point",
-           "train_dense"]
+           "train_dense", "train_from"]
 
 
 def resolve_teacher_scores(store_dir: str | os.PathLike, teacher: str, query_ids) -> tuple[str, dict]:
@@ -55,44 +56,104 @@ class TrainingData:
     dataset: Any
     sampler: Any
     clusters: dict | None
+    queries: dict | None = None  # query texts when they are not the collection's (data.queries)
+
+    @property
+    def query_texts(self) -> dict:
+        return self.queries if self.queries is not None else self.collection.all_queries
 
 
 def prepare_training_data(config: DenseTrainingConfig, collection=None) -> TrainingData:
-    """Teacher scores -> (train, dev) query split -> pair dataset -> topic clusters -> batch sampler."""
+    """Teacher scores -> (train, dev) query split -> pair dataset -> topic clusters -> batch sampler.
+
+    ``data.positives`` other than ``qrels``: the queries of ``data.queries`` and pseudo-positives
+    (:mod:`retrieval_kd.students.label_free`)."""
     from retrieval_kd.data import load_collection
     from retrieval_kd.students.data import pair_dataset, split_dev
     from retrieval_kd.students.sampler import tas_sampler
 
     collection = collection or load_collection(config.data.dataset)
-    qrels = collection.qrels(config.data.split)
-    level = collection.conventions.relevance_level
-    fingerprint, run = resolve_teacher_scores(config.data.store, config.data.teacher, qrels)
+    label_free = None
+    if config.data.positives == "qrels":
+        qrels = collection.qrels(config.data.split)
+        level = collection.conventions.relevance_level
+        fingerprint, run = resolve_teacher_scores(config.data.store, config.data.teacher, qrels)
+    else:
+        from retrieval_kd.students.label_free import label_free_inputs
+
+        label_free = label_free_inputs(config.data, collection)
+        qrels, level, fingerprint, run = label_free.qrels, label_free.level, label_free.fingerprint, label_free.run
+    queries = label_free.queries if label_free is not None else None
     seed = int(config.training.get("seed", 42))
     with_positive = [q for q, docs in run.items() if any(qrels.get(q, {}).get(d, 0) >= level for d in docs)]
     train_q, dev_q = split_dev(with_positive, config.data.dev_fraction, seed, config.data.dev_max_queries)
     dataset = pair_dataset(run, qrels, collection, level, config.data.max_negatives, config.data.teacher_scale,
-                           query_ids=train_q)
+                           query_ids=train_q, queries=queries)
+    if label_free is not None:
+        dataset = label_free.with_removed_spans(dataset, collection.corpus)
     train_q = sorted(set(dataset["query_id"]))
     batch_size = int(config.training.get("per_device_train_batch_size", 32))
     clusters = None
     if config.sampler.kind != "random":
-        clusters = _query_clusters(config, collection, train_q, batch_size, seed)
+        clusters = _query_clusters(config, collection, train_q, batch_size, seed, queries)
     sampler = tas_sampler(config.sampler.kind, clusters, config.sampler.n_bins)
-    return TrainingData(collection, fingerprint, run, qrels, level, train_q, dev_q, dataset, sampler, clusters)
+    return TrainingData(collection, fingerprint, run, qrels, level, train_q, dev_q, dataset, sampler, clusters,
+                        queries)
+
+
+def _last_complete_checkpoint(folder: str) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that the trainer finished writing.
+
+    The trainer writes a checkpoint in place, ``trainer_state.json`` last; one killed while it was written lacks
+    that file (or holds a torn one) and would fail every resume, so it is passed over with a log line (the rerun
+    writes it again).
+    """
+    steps = sorted(((int(m.group(1)), name) for name in os.listdir(folder)
+                    if (m := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(folder, name))),
+                   reverse=True)
+    for _, name in steps:
+        path = os.path.join(folder, name)
+        try:
+            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as fh:
+                json.load(fh)
+        except (OSError, ValueError):
+            logger.warning("%s: incomplete checkpoint (its run was killed while writing it); not resuming from it",
+                           path)
+            continue
+        return path
+    return None
 
 
 def resume_point(config: DenseTrainingConfig) -> str | None:
-    """The checkpoint to resume from: ``auto`` = the newest in the checkpoint folder, ``never``, or a path."""
+    """The checkpoint to resume from: ``auto`` = the newest complete one in the checkpoint folder, ``never``, or
+    a path."""
     resume = None
     if config.resume == "auto" and os.path.isdir(config.checkpoint_dir):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(config.checkpoint_dir)
+        resume = _last_complete_checkpoint(config.checkpoint_dir)
     elif config.resume not in ("auto", "never"):
         resume = config.resume
     if resume:
         logger.info("resuming from %s", resume)
     return resume
+
+
+def train_from(trainer, resume: str | None):
+    """``trainer.train(resume_from_checkpoint=resume)``, except from a checkpoint at ``max_steps``: its weights are
+    loaded, nothing is trained. (transformers runs one more step after such a checkpoint, when ``max_steps`` ends
+    mid-epoch; that checkpoint is what a run killed while saving its output leaves.) The returned training loss is
+    then the mean of the logged losses."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    if resume:
+        state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+        if 0 < trainer.args.max_steps <= state.global_step:
+            logger.info("%s: training had finished (step %d); loading it, not training", resume, state.global_step)
+            trainer._load_from_checkpoint(resume)
+            trainer.state = state
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+    return trainer.train(resume_from_checkpoint=resume)
 
 
 def last_dev_metrics(trainer) -> dict[str, float]:
@@ -116,10 +177,9 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 
+    from retrieval_kd.models.resolve import resolve_model
     from retrieval_kd.students.data import DistillationCollator, InBatchTeacher, StoredInBatchTeacher, dev_evaluator
     from retrieval_kd.students.losses import LOSSES, build_loss
-
-    from retrieval_kd.models.resolve import resolve_model
     from retrieval_kd.utils.fs import check_output_folder
 
     check_output_folder(config.output_dir, "dense-student", overwrite)
@@ -135,7 +195,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
     loss = build_loss(config.loss.name, model, config.loss.kl_temperature, config.loss.inbatch_weight,
                       config.loss.inbatch_temperature, config.loss.mnrl_scale,
                       config.loss.inbatch_teacher_temperature)
-    evaluator = dev_evaluator(collection, dev_q, run, qrels, level) if dev_q else None
+    evaluator = dev_evaluator(collection, dev_q, run, qrels, level, queries=data.queries) if dev_q else None
     args = config.training_arguments(sampler, has_evaluator=evaluator is not None)
     model.model_card_data.model_name = f"{config.name}: {Path(str(config.model)).name} distilled on {collection.name}"
     model.model_card_data.language = ["en"]
@@ -147,11 +207,11 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
         inbatch = StoredInBatchTeacher({q: {d: v * scale for d, v in run[q].items()} for q in train_q})
     elif config.loss.name == "dual":
         inbatch = InBatchTeacher.from_model(config.loss.inbatch_teacher, collection,
-                                            {q: collection.all_queries[q] for q in train_q}, config.max_seq_length)
+                                            {q: data.query_texts[q] for q in train_q}, config.max_seq_length)
     trainer.data_collator = DistillationCollator(trainer.data_collator, LOSSES[config.loss.name], inbatch)
 
     resume = resume_point(config)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = train_from(trainer, resume)
     seconds = time.perf_counter() - t0
 
     model.max_seq_length = config.max_seq_length
@@ -168,7 +228,8 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
     return summary
 
 
-def _query_clusters(config: DenseTrainingConfig, collection, train_q: list[str], batch_size: int, seed: int) -> dict:
+def _query_clusters(config: DenseTrainingConfig, collection, train_q: list[str], batch_size: int, seed: int,
+                    queries: dict | None = None) -> dict:
     """Topic clusters of the training queries: from ``sampler.clusters_file``, else FAISS k-means on embeddings."""
     from retrieval_kd.students.sampler import cluster_queries
 
@@ -181,7 +242,7 @@ def _query_clusters(config: DenseTrainingConfig, collection, train_q: list[str],
         return {q: clusters[q] for q in train_q}
     from retrieval_kd.encoders import query_embeddings
 
-    texts = {q: collection.all_queries[q] for q in train_q}
+    texts = {q: (collection.all_queries if queries is None else queries)[q] for q in train_q}
     emb = query_embeddings(config.sampler.cluster_model, texts, config.max_seq_length)
     k = config.sampler.n_clusters or max(1, len(train_q) // batch_size)
     clusters = dict(zip(train_q, cluster_queries(emb, k, seed=seed).tolist()))

@@ -199,9 +199,9 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
     from sentence_transformers.sparse_encoder.trainer import SparseEncoderTrainer
     from sentence_transformers.sparse_encoder.training_args import SparseEncoderTrainingArguments
 
-    from retrieval_kd.students.data import DistillationCollator
-    from retrieval_kd.students.dense import _save, last_dev_metrics, prepare_training_data, resume_point
     from retrieval_kd.models.resolve import resolve_model
+    from retrieval_kd.students.data import DistillationCollator
+    from retrieval_kd.students.dense import _save, last_dev_metrics, prepare_training_data, resume_point, train_from
     from retrieval_kd.utils.fs import check_output_folder
 
     check_output_folder(config.output_dir, "sparse-student", overwrite)
@@ -236,7 +236,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
     trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data.dataset, loss=loss,
                                    callbacks=[scheduler, *(callbacks or [])])
     trainer.data_collator = DistillationCollator(trainer.data_collator, "scores")
-    result = trainer.train(resume_from_checkpoint=resume_point(config))
+    result = train_from(trainer, resume_point(config))
     model[0].sub_modules["document"][0].max_seq_length = config.max_seq_length
     summary = {
         "name": config.name, "output_dir": str(config.output_dir), "teacher": data.fingerprint,

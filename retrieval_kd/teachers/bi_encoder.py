@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval_kd.encoders.backends import resolve_encoding
 from retrieval_kd.models.revision import model_revision
 from retrieval_kd.teachers.base import Teacher
 
@@ -30,14 +31,17 @@ class BiEncoderTeacher(Teacher):
         query_prompt: a prompt prepended to queries (e.g. ``"query: "`` for E5 models).
         full_corpus: on :meth:`prepare`, take every passage's embedding from the on-disk corpus cache
             (:func:`retrieval_kd.encoders.corpus_embeddings`), shared with dense search and Distill-VQ.
+        encoding: the backend that encodes (:mod:`retrieval_kd.encoders.backends`: ``torch``, ``torch-bf16``,
+            ``onnx``, ``onnx-int8``, ``openvino``, ``auto``); part of the teacher's fingerprint unless ``torch``.
     """
 
     kind = "bi-encoder"
 
     def __init__(self, model: str = "sentence-transformers/all-MiniLM-L6-v2", max_seq_length: int = 256,
                  batch_size: int = 32, normalize: bool = True, query_prompt: str | None = None, device: str | None = None,
-                 full_corpus: bool = True):
+                 full_corpus: bool = True, encoding: str = "torch"):
         self.model_name = model
+        self.encoding = encoding
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.normalize = normalize
@@ -55,18 +59,27 @@ class BiEncoderTeacher(Teacher):
 
             self._corpus = collection.corpus
             self._corpus_emb = corpus_embeddings(self.model_name, collection.corpus, self.max_seq_length,
-                                                 self.normalize, self.batch_size, encoder=self._model)
+                                                 self.normalize, self.batch_size, encoder=self._model,
+                                                 encoding=self.encoding)
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_name, "revision": model_revision(self.model_name),
-                "max_seq_length": self.max_seq_length, "normalize": self.normalize, "query_prompt": self.query_prompt}
+                "max_seq_length": self.max_seq_length, "normalize": self.normalize, "query_prompt": self.query_prompt,
+                **resolve_encoding(self.encoding, "dense", self.model_name, check=False).cache_fields()}
 
     @property
     def model(self):
+        if self._model is None and resolve_encoding(self.encoding, "dense", self.model_name).backend != "torch":
+            from retrieval_kd.encoders import load_encoder
+
+            self._model = load_encoder(self.model_name, self.max_seq_length, self.device, encoding=self.encoding,
+                                       normalize=self.normalize)
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(self.model_name, device=self.device)
+            from retrieval_kd.models.resolve import resolve_model
+
+            self._model = SentenceTransformer(resolve_model(self.model_name, "teacher model"), device=self.device)
             self._model.max_seq_length = self.max_seq_length
         return self._model
 

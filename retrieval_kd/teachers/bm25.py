@@ -15,6 +15,9 @@ class BM25Teacher(Teacher):
     kind = "bm25"
 
     def __init__(self, k1: float = 0.9, b: float = 0.4):
+        from retrieval_kd.search.bm25 import BM25Params
+
+        BM25Params(k1=k1, b=b)  # a bad k1 or b is a ConfigError naming it, before any index is built
         self.k1 = k1
         self.b = b
         self._index = None

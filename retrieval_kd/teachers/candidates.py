@@ -1,8 +1,9 @@
 """Candidate mining: the passages a teacher scores for each query.
 
 Top-k from BM25 and/or a dense model, unioned, with the judged positives added (so every training query has
-its positives among the scored candidates). Dense mining never holds a queries x corpus matrix: the corpus is
-encoded in chunks, each chunk searched with an exact FAISS inner-product index, and the running top-k merged.
+its positives among the scored candidates). Dense mining never holds a queries x corpus matrix: the cached corpus
+embeddings are read in chunks and searched exactly by FAISS (``faiss.contrib.exhaustive_search.knn_ground_truth``,
+which keeps the running top-k in a result heap).
 """
 
 from __future__ import annotations
@@ -25,36 +26,14 @@ def mine_bm25(collection, queries: Mapping[str, str], k: int = 100) -> Run:
     return bm25_index_for(collection).search(queries, top_k=k)
 
 
-def _merge_topk(scores_a, ids_a, scores_b, ids_b, k):
-    scores = np.concatenate([scores_a, scores_b], axis=1)
-    ids = np.concatenate([ids_a, ids_b], axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
-def dense_topk(query_emb: np.ndarray, doc_chunks, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k over a corpus given as an iterable of ``(row_offset, embeddings)`` chunks.
-
-    Memory holds one chunk and the (queries x k) running results, never queries x corpus.
-    """
-    import faiss
-
-    query_emb = np.ascontiguousarray(query_emb, dtype=np.float32)
-    nq = query_emb.shape[0]
-    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((nq, 0), dtype=np.int64)
-    for offset, emb in doc_chunks:
-        index = faiss.IndexFlatIP(query_emb.shape[1])
-        index.add(np.ascontiguousarray(emb, dtype=np.float32))
-        s, i = index.search(query_emb, min(k, emb.shape[0]))
-        best_s, best_i = _merge_topk(best_s, best_i, s, i + offset, k)
-    return best_s, best_i
-
-
 def mine_dense(collection, queries: Mapping[str, str], model: str = "sentence-transformers/all-MiniLM-L6-v2",
                k: int = 100, chunk_size: int = 10_000, max_seq_length: int = 256, batch_size: int = 32) -> Run:
     """Top-k by a SentenceTransformer's cosine similarity; cached corpus embeddings searched chunk by chunk."""
+    import faiss
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
     from retrieval_kd.encoders import corpus_embeddings, load_encoder
+    from retrieval_kd.search.dense import hits_to_run
 
     encoder = load_encoder(model, max_seq_length)
     qids = list(queries)
@@ -63,12 +42,13 @@ def mine_dense(collection, queries: Mapping[str, str], model: str = "sentence-tr
     # cached on disk and memory-mapped: chunks are read one at a time
     emb = corpus_embeddings(model, collection.corpus, max_seq_length, True, batch_size, encoder=encoder)
 
-    def chunks():
-        for start in range(0, len(doc_ids), chunk_size):
-            yield start, np.asarray(emb[start:start + chunk_size])
-
-    scores, rows = dense_topk(q, chunks(), k)
-    return {qid: {doc_ids[int(r)]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0} for i, qid in enumerate(qids)}
+    chunks = (np.ascontiguousarray(emb[start:start + chunk_size], dtype=np.float32)
+              for start in range(0, len(doc_ids), chunk_size))
+    # FAISS's own blockwise exact search (a result heap over the chunks); k <= corpus size, so the -1 ids FAISS
+    # pads a small last chunk with never reach the top k
+    scores, rows = knn_ground_truth(np.ascontiguousarray(q, dtype=np.float32), chunks, min(k, len(doc_ids)),
+                                    metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    return hits_to_run(scores, rows, doc_ids, qids)
 
 
 def merge_candidates(runs: Sequence[Run]) -> Run:
@@ -96,11 +76,16 @@ def add_positives(run: Run, qrels: Mapping[str, Mapping[str, int]], min_grade: i
     return run, added
 
 
-def mine_candidates(collection, split: str, k: int = 100, sources: Sequence[str] = ("bm25",),
+def mine_candidates(collection, split: str | None, k: int = 100, sources: Sequence[str] = ("bm25",),
                     dense_model: str = "sentence-transformers/all-MiniLM-L6-v2", with_positives: bool = True,
-                    min_grade: int | None = None) -> Run:
-    """Candidates for the queries judged in ``split``: union of ``sources`` (``bm25``, ``dense``) + positives."""
-    queries = collection.queries(split)
+                    min_grade: int | None = None, queries: Mapping[str, str] | None = None,
+                    positives: Mapping[str, Mapping[str, int]] | None = None) -> Run:
+    """Candidates for the queries judged in ``split``: union of ``sources`` (``bm25``, ``dense``) + positives.
+
+    ``queries`` and ``positives`` (qrels-shaped; grade >= 1 counts) replace the split's queries and judgements:
+    made-up queries (:mod:`retrieval_kd.queries`) and their source documents, GPL's positives.
+    """
+    queries = collection.queries(split) if queries is None else queries
     runs = []
     for source in sources:
         if source == "bm25":
@@ -113,7 +98,8 @@ def mine_candidates(collection, split: str, k: int = 100, sources: Sequence[str]
     for qid in queries:
         run.setdefault(qid, {})
     if with_positives:
-        level = min_grade if min_grade is not None else collection.conventions.relevance_level
-        run, added = add_positives(run, collection.qrels(split), level)
+        level = min_grade if min_grade is not None else 1 if positives is not None else \
+            collection.conventions.relevance_level
+        run, added = add_positives(run, collection.qrels(split) if positives is None else positives, level)
         logger.info("candidates: added %d judged positives missing from the top-%d", added, k)
     return run

@@ -45,7 +45,10 @@ class CrossEncoderTeacher(Teacher):
             import torch
             from sentence_transformers import CrossEncoder
 
-            self._model = CrossEncoder(self.model_name, max_length=self.max_length, device=self.device,
+            from retrieval_kd.models.resolve import resolve_model
+
+            self._model = CrossEncoder(resolve_model(self.model_name, "teacher model"), max_length=self.max_length,
+                                       device=self.device,
                                        activation_fn=torch.nn.Identity())
         return self._model
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 from retrieval_kd.data.formats import atomic_write
 

@@ -89,6 +89,8 @@ class LLMRerankerTeacher(Teacher):
             raise ValueError(f"unknown LLM reranker mode {mode!r}; use first, qlm or yesno")
         if mode == "first" and not 1 <= window <= len(IDENTIFIERS):
             raise ValueError(f"FIRST windows hold 1..{len(IDENTIFIERS)} passages (single-letter identifiers)")
+        if mode == "first" and not 1 <= stride <= window:
+            raise ValueError(f"stride={stride} must be in 1..window ({window}): a larger one leaves passages unranked")
         self.model_name = model
         self.mode = mode
         self.window = window
@@ -122,6 +124,9 @@ class LLMRerankerTeacher(Teacher):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from retrieval_kd.models.resolve import resolve_model
+
+            resolve_model(self.model_name, "teacher model")
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_name)
             if self._tokenizer.pad_token is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval_kd.encoders.backends import resolve_encoding
 from retrieval_kd.models.revision import model_revision
 from retrieval_kd.teachers.base import Teacher
 
@@ -22,8 +23,9 @@ class SpladeTeacher(Teacher):
     kind = "splade"
 
     def __init__(self, model: str = "rkd-local/splade-tiny", max_seq_length: int = 256, batch_size: int = 32,
-                 device: str | None = None):
+                 device: str | None = None, encoding: str = "torch"):
         self.model_name = model
+        self.encoding = encoding  # retrieval_kd.encoders.backends; part of the fingerprint unless torch
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.device = device
@@ -32,10 +34,16 @@ class SpladeTeacher(Teacher):
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_name, "revision": model_revision(self.model_name),
-                "max_seq_length": self.max_seq_length, "pooling": "max", "activation": "log(1+relu)"}
+                "max_seq_length": self.max_seq_length, "pooling": "max", "activation": "log(1+relu)",
+                **resolve_encoding(self.encoding, "sparse", self.model_name, check=False).cache_fields()}
 
     @property
     def model(self):
+        if self._model is None and resolve_encoding(self.encoding, "sparse", self.model_name).backend != "torch":
+            from retrieval_kd.encoders.sparse import load_sparse_encoder
+
+            self._model = load_sparse_encoder(self.model_name, self.device, encoding=self.encoding)
+            self._model.max_seq_length = self.max_seq_length
         if self._model is None:
             from retrieval_kd.encoders.sparse import siamese_splade
 

@@ -50,6 +50,7 @@ FOLDER_KINDS = {
     "dense-student": "a dense student (rkd train dense)",
     "sparse-student": "a sparse student (rkd train sparse)",
     "teacher-dataset": "teacher-scored pairs as a Hugging Face dataset (rkd teach export --format hf)",
+    "exported-model": "an encoder exported to ONNX (rkd export-model)",
 }
 _CHUNK = 1 << 20
 

@@ -21,7 +21,10 @@ def read_config(source: str | os.PathLike | dict, kind: str = "config") -> tuple
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ValueError(f"{where}: not valid YAML ({problem}); fix the file") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a {kind} is a mapping of keys, not a {type(values).__name__}")
     return values, str(path)

@@ -1,0 +1,75 @@
+"""The documents queries are made from: a corpus, or a seeded sample of it, without documents that hold no text."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from retrieval_kd.data.formats import DataFormatError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DocumentSelection", "select_documents"]
+
+
+@dataclass
+class DocumentSelection:
+    """Attributes:
+    ids: the chosen document ids, in corpus order.
+    total: documents in the corpus.
+    skipped: reason -> ids left out (``no_text``: title and text both empty, with ``skip_empty``).
+    """
+
+    ids: list[str]
+    total: int
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def counts(self) -> dict:
+        return {"documents": len(self.ids), "corpus_documents": self.total,
+                "skipped_documents": {reason: len(ids) for reason, ids in self.skipped.items() if ids}}
+
+
+def _line_of(path, doc_id: str) -> int | None:
+    from retrieval_kd.data.formats import iter_jsonl
+
+    for lineno, obj in iter_jsonl(path):
+        if str(obj.get("_id")) == doc_id:
+            return lineno
+    return None
+
+
+def select_documents(collection, max_documents: int | None = None, seed: int = 0,
+                     skip_empty: bool = False) -> DocumentSelection:
+    """The documents of ``collection`` to make queries from.
+
+    Args:
+        max_documents: a seeded random sample of this many documents (kept in corpus order); None: all.
+        seed: the sample's seed.
+        skip_empty: leave out documents whose title and text are both empty (counted); without it such a
+            document is an error naming the corpus file, line and id.
+
+    Raises:
+        DataFormatError: an empty corpus, a document without text (unless ``skip_empty``), or no document with text.
+    """
+    corpus = collection.corpus
+    if corpus is None:
+        raise ValueError(f"dataset {collection.name!r} has no corpus to make queries from")
+    ids, empty = [], []
+    for doc in corpus:  # an empty corpus raises DataFormatError naming the file
+        (ids if doc["title"].strip() or doc["text"].strip() else empty).append(doc["_id"])
+    total = len(ids) + len(empty)
+    if empty and not skip_empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataFormatError(f"{corpus.path}:{_line_of(corpus.path, empty[0])}: document {empty[0]!r}{more} has no "
+                              "text (title and text are empty); no query can be made from it; leave such documents "
+                              "out with --skip-empty (skip_empty=True)")
+    if not ids:
+        raise DataFormatError(f"{corpus.path}: none of its {total} documents has text; no query can be made")
+    if empty:
+        logger.warning("%s: left out %d documents without text (e.g. %r)", corpus.path, len(empty), empty[0])
+    if max_documents is not None and max_documents < len(ids):
+        rows = np.sort(np.random.default_rng(seed).choice(len(ids), size=max_documents, replace=False))
+        ids = [ids[int(i)] for i in rows]
+    return DocumentSelection(ids, total, {"no_text": empty})

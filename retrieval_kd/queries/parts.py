@@ -1,0 +1,85 @@
+"""Batch results of a long job, each committed atomically, so a killed job's rerun continues where it stopped.
+
+A parts folder (``<output>.parts/``) holds ``settings.json`` (what the job was started with) and one
+``batch-NNNNNN.jsonl`` per finished batch, each written aside and renamed in (:class:`atomic_write`): a batch is
+there whole or not at all. A rerun with the same settings skips the batches that are there; one with other
+settings is refused (its finished batches would be mixed with new ones) unless ``restart`` drops them. The job
+removes the folder once its final file is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from retrieval_kd.data.formats import atomic_write, iter_jsonl
+from retrieval_kd.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BatchParts", "parts_folder"]
+
+
+def parts_folder(output: str | os.PathLike) -> Path:
+    """Where the finished batches of the job writing ``output`` are kept: ``<output>.parts``."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.parts")
+
+
+class BatchParts:
+    """Finished batches of one job.
+
+    Args:
+        folder: the parts folder (created).
+        settings: JSON-able settings the batches depend on; compared with the folder's on open.
+        restart: drop batches left by an earlier run, whatever its settings.
+    """
+
+    SETTINGS = "settings.json"
+
+    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any], restart: bool = False):
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
+        if restart and self.folder.exists():
+            shutil.rmtree(self.folder)
+        found = self.folder / self.SETTINGS
+        if found.is_file():
+            try:
+                old = json.loads(found.read_text(encoding="utf-8"))
+            except ValueError:
+                old = None
+            if old != self.settings:
+                changed = sorted(k for k in set(old or {}) | set(self.settings)
+                                 if (old or {}).get(k) != self.settings.get(k))
+                raise ConfigError(f"{self.folder}: holds the finished batches of a run with other settings "
+                                  f"({', '.join(changed) or 'unreadable settings'} differ); rerun with the same "
+                                  "settings to continue it, or pass --restart (restart=True) to drop them")
+            logger.info("%s: continuing (%d batches already done)", self.folder, len(self.done()))
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(found) as fh:
+                json.dump(self.settings, fh, indent=1, sort_keys=True)
+
+    def _path(self, batch: int) -> Path:
+        return self.folder / f"batch-{batch:06d}.jsonl"
+
+    def done(self) -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in self.folder.glob("batch-*.jsonl")}
+
+    def has(self, batch: int) -> bool:
+        return self._path(batch).is_file()
+
+    def put(self, batch: int, rows: list[dict[str, Any]]) -> None:
+        with atomic_write(self._path(batch)) as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def get(self, batch: int) -> list[dict[str, Any]]:
+        return [obj for _, obj in iter_jsonl(self._path(batch))]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
