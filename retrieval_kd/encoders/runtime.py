@@ -178,7 +178,7 @@ class GraphEncoder:
         coo = matrix.tocoo()
         indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
         tensor = torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data.astype(np.float32)),
-                                         (len(texts), self.dimension)).coalesce()
+                                         (len(texts), self.dimension), check_invariants=False).coalesce()
         return tensor if to_sparse else tensor.to_dense()
 
     def encode_document(self, sentences, batch_size: int = 32, prompt: str | None = None, **kwargs):
