@@ -414,7 +414,7 @@ def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: str | os.PathLike)
         for qid in sorted(qrels):
             _check_ids(path, qrels[qid], "doc", qid)
             for did, rel in sorted(qrels[qid].items()):
-                fh.write(f"{qid} 0 {did} {_integral(rel, path, qid, did)}\n")
+                fh.write(f"{qid} 0 {did} {integral_grade(rel, path, qid, did)}\n")
     return path
 
 
@@ -441,11 +441,13 @@ def _check_scores(path: Path, qid: str, docs: Mapping[str, float]) -> None:
                                   "scores (check the model or the fusion that produced it); nothing is written")
 
 
-def _integral(rel, path: Path, qid: str, did: str) -> int:
+def integral_grade(rel, where, qid: str, did: str) -> int:
+    """A relevance grade as an int; a fractional (0.9) or non-finite one is an error naming ``where`` and the pair
+    (it would be truncated, or crash ranx)."""
     try:
         value = float(rel)
         if math.isfinite(value) and value == int(value):
             return int(value)
     except (TypeError, ValueError):
         pass
-    raise DataFormatError(f"{path}: query {qid!r}, doc {did!r} has grade {rel!r}; grades are integers")
+    raise DataFormatError(f"{where}: query {qid!r}, doc {did!r} has grade {rel!r}; grades are integers")

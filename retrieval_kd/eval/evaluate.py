@@ -212,14 +212,9 @@ def _format_error(message: str) -> Exception:
 
 
 def _grade(qid: str, did: str, rel) -> int:
-    """An integer grade: a fractional (0.9) or non-finite one would be truncated or crash in ranx."""
-    try:
-        value = float(rel)
-        if math.isfinite(value) and value == int(value):
-            return int(value)
-    except (TypeError, ValueError):
-        pass
-    raise _format_error(f"qrels: query {qid!r}, doc {did!r} has grade {rel!r}; grades are integers")
+    from retrieval_kd.data.formats import integral_grade  # imported late: ``import retrieval_kd.eval`` stays light
+
+    return integral_grade(rel, "qrels", qid, did)
 
 
 def evaluate(
