@@ -23,6 +23,13 @@ def _load_matrix(path: Path, flag: str):
     if getattr(matrix, "ndim", 0) != 2:
         raise ValueError(f"{path}: {flag} must be a 2-D matrix (one row per text), got shape "
                          f"{getattr(matrix, 'shape', None)}")
+    if not np.issubdtype(matrix.dtype, np.number):
+        raise ValueError(f"{path}: {flag} must hold numbers, not {matrix.dtype}")
+    for start in range(0, matrix.shape[0], 1 << 16):  # in blocks: the file stays memory-mapped
+        bad = np.flatnonzero(~np.isfinite(np.asarray(matrix[start:start + (1 << 16)], dtype=np.float64)).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{path}: row {start + int(bad[0])} of {flag} holds NaN or infinite values "
+                             f"({bad.size} such rows in rows {start}..{start + (1 << 16) - 1}); check the encoder")
     return matrix
 
 
@@ -43,6 +50,7 @@ def _encoded_corpus(args):
                              f"{type(doc_ids).__name__}")
         if len(doc_ids) != emb.shape[0]:
             raise ValueError(f"{args.doc_ids}: {len(doc_ids)} ids for {emb.shape[0]} rows of {args.embeddings}")
+        _check_doc_ids(doc_ids, args)
         return doc_ids, np.asarray(emb, dtype=np.float32), args.model  # None: the sidecar says the encoder is unknown
     from retrieval_kd.data import load_collection
     from retrieval_kd.encoders import corpus_embeddings
@@ -54,9 +62,32 @@ def _encoded_corpus(args):
     return collection.corpus.ids, np.asarray(corpus_embeddings(model, collection.corpus, encoding=args.encoding)), model
 
 
+def _check_doc_ids(doc_ids: list, args) -> None:
+    """--doc-ids must be distinct non-empty strings without whitespace, and the ids of --dataset's corpus if given
+    (an index every later search refuses, or one of another corpus, is not written)."""
+    for i, did in enumerate(doc_ids):
+        if not isinstance(did, str) or not did or any(c.isspace() for c in did):
+            raise ValueError(f"{args.doc_ids}: entry {i} ({did!r}) is not a doc id (a non-empty string without "
+                             "whitespace)")
+    if len(set(doc_ids)) != len(doc_ids):
+        seen = set()
+        dup = next(d for d in doc_ids if d in seen or seen.add(d))
+        raise ValueError(f"{args.doc_ids}: doc id {dup!r} appears more than once")
+    if args.dataset:
+        from retrieval_kd.data import load_collection
+
+        corpus = load_collection(args.dataset).corpus
+        found = corpus.has(doc_ids)
+        if not found.all():
+            missing = [d for d, ok in zip(doc_ids, found) if not ok]
+            raise ValueError(f"{args.doc_ids}: {len(missing)} of {len(doc_ids)} doc ids are not in {corpus.path} "
+                             f"(e.g. {missing[0]!r}); these embeddings belong to another corpus")
+
+
 def _corpus_meta(args) -> dict:
-    """The corpus identity an index records (none for bare --embeddings: the folder says so, ``corpus_key`` null)."""
-    if args.embeddings or not args.dataset:
+    """The corpus identity an index records: that of --dataset (also for --embeddings, whose ids were checked
+    against it); none for bare --embeddings without --dataset (the folder says so, ``corpus_key`` null)."""
+    if not args.dataset:
         return {"corpus_key": None}
     from retrieval_kd.data import load_collection
     from retrieval_kd.index.dense import corpus_identity

@@ -153,6 +153,9 @@ def _export(args) -> int:
     with ScoreStore(args.store) as store:
         fingerprint = store.resolve(args.teacher)
         run = store.get(fingerprint, qids=list(qrels))
+    if not run:  # before anything is written
+        raise ValueError(f"{args.store}: teacher {fingerprint} has no scores for the queries of "
+                         f"{args.dataset}/{args.split}; was the store scored on this dataset and split?")
     if args.format == "tsv":
         n = export_tsv(run, qrels, args.out, level, args.max_negatives)
     elif args.format == "jsonl":

@@ -341,6 +341,8 @@ class atomic_write:  # noqa: N801 - used like open()
     def __enter__(self):
         from retrieval_kd.utils.fs import sweep_stale_temps, temp_name
 
+        if self.path.is_dir():  # refused before anything is written (os.replace would fail at the end)
+            raise IsADirectoryError(21, "Is a directory", str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_temps(self.path)  # what killed writers of this file left behind
         self.tmp = str(temp_name(self.path))
@@ -372,7 +374,11 @@ class atomic_write:  # noqa: N801 - used like open()
         if exc_type is not None:
             os.unlink(self.tmp)
             return False
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
         return False
 
 

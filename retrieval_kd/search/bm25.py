@@ -229,6 +229,7 @@ def bm25_index_for(collection, index_dir: Path | None = None, params=None, rebui
     params = params or BM25Params()
     if collection.corpus is None:
         raise ValueError(f"dataset {collection.name!r} has no corpus to index")
+    explicit = index_dir is not None  # a folder the caller named is not silently rebuilt for another corpus
     index_dir = Path(index_dir or indexes_dir() / "bm25" / _safe(collection.name))
     corpus_key = collection.corpus.store_path.name
     # processes sharing the folder (torchrun ranks, two commands) wait for one another, then reuse its build
@@ -236,12 +237,20 @@ def bm25_index_for(collection, index_dir: Path | None = None, params=None, rebui
         if index_dir.exists() and not rebuild:
             try:
                 index = BM25Index.load(index_dir)
+            except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+                logger.warning("cannot open BM25 index %s (%s); rebuilding", index_dir, exc)
+                index = None
+            if index is not None:
                 if index.meta.get("corpus_key") == corpus_key and asdict(index.params) == asdict(params):
                     logger.info("using BM25 index %s", index_dir)
                     return index
+                if explicit and index.meta.get("corpus_key") not in (None, corpus_key):
+                    from retrieval_kd.errors import IntegrityError
+
+                    raise IntegrityError(f"{index_dir}: a BM25 index of another corpus "
+                                         f"({index.meta.get('dataset')}) than {collection.corpus.path}; search it "
+                                         "with its own dataset, or pass --rebuild to index this corpus there")
                 logger.info("BM25 index %s is stale (corpus or parameters changed); rebuilding", index_dir)
-            except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
-                logger.warning("cannot open BM25 index %s (%s); rebuilding", index_dir, exc)
         check_output_folder(index_dir, "bm25-index", overwrite)  # before the corpus is indexed
         index = BM25Index.build(
             collection.corpus, params, meta={"dataset": collection.name, "corpus_key": corpus_key},

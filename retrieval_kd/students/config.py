@@ -35,6 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrieval_kd.errors import ConfigError
+
 __all__ = ["DataConfig", "DenseTrainingConfig", "LossConfig", "SamplerConfig", "SparseLossConfig",
            "SparseTrainingConfig", "load_config", "load_sparse_config"]
 
@@ -299,8 +301,32 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
         raise ValueError(f"{where}: sampler.kind {config.sampler.kind!r} is not one of {list(SAMPLERS)}")
     if not 0 <= config.data.dev_fraction < 1:
         raise ValueError(f"{where}: data.dev_fraction must be in [0, 1)")
+    mn = config.data.max_negatives
+    if mn is not None and (isinstance(mn, bool) or not isinstance(mn, int) or mn < 1):
+        raise ConfigError(f"{where}: data.max_negatives must be an integer >= 1 (or null for all), got {mn!r}")
+    _check_training(config.training, where)
     _check_positives(config.data, where)
     return config
+
+
+def _check_training(training: dict, where: str) -> None:
+    """``training`` keys are trainer arguments, and a number where the argument's default is a number: checked when
+    the config is read (the dry run too), not by the optimizer after the model has loaded."""
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+    from sentence_transformers.sparse_encoder.training_args import SparseEncoderTrainingArguments
+
+    if not isinstance(training, dict):
+        raise ConfigError(f"{where}: training must be a mapping of trainer arguments")
+    fields = {f.name: f for cls in (SentenceTransformerTrainingArguments, SparseEncoderTrainingArguments)
+              for f in dataclasses.fields(cls)}
+    for key, value in training.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: training.{key} is not a trainer argument (see "
+                              "SentenceTransformerTrainingArguments / SparseEncoderTrainingArguments)")
+        default = fields[key].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}: training.{key} must be a number (default {default}), got {value!r}")
 
 
 def _check_positives(data: DataConfig, where: str) -> None:
