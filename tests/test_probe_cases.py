@@ -101,3 +101,16 @@ def test_teach_export_for_a_dataset_the_store_never_saw(tiny_beir, tmp_path, cap
     rc, err = _rkd(capsys, "teach", "export", "--store", tmp_path / "s", "--teacher", "bm25", "--dataset", tiny_beir,
                    "--split", "test", "--format", "tsv", "--out", tmp_path / "m.tsv")
     assert rc == 2 and "has no scores for the queries of" in err and not (tmp_path / "m.tsv").exists()
+
+
+def test_rel_level_above_every_grade_and_distill_vq_holdout(tiny_beir, tmp_path, capsys):
+    from retrieval_kd.data import write_run
+    from retrieval_kd.errors import ConfigError
+    from retrieval_kd.quantization import DistillVQConfig
+
+    write_run({"q1": {"d1": 1.0}}, tmp_path / "r.run")
+    rc, err = _rkd(capsys, "eval", "--dataset", tiny_beir, "--split", "test", "--run", tmp_path / "r.run",
+                   "--rel-level", "99")
+    assert rc == 2 and "no judgement of" in err and "highest grade 2" in err
+    with pytest.raises(ConfigError, match="holdout=1.5"):
+        DistillVQConfig(holdout=1.5)

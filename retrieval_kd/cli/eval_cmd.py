@@ -45,6 +45,10 @@ def _eval(args) -> int:
     level = args.rel_level if args.rel_level is not None else conv.relevance_level
     ignore_ids = conv.ignore_identical_ids if args.ignore_identical_ids is None else args.ignore_identical_ids
     qrels = collection.qrels(args.split)
+    top = max((g for docs in qrels.values() for g in docs.values()), default=0)
+    if level > top:  # every binary measure would be 0 without a word
+        raise ConfigError(f"--rel-level {level}: no judgement of {collection.name}/{args.split} reaches it (highest "
+                          f"grade {top}); binary measures would all be 0")
     runs, seen = {}, set()
     for path in args.run:
         if path.resolve() in seen:

@@ -420,6 +420,10 @@ def _validate(config: PipelineConfig, where: str) -> None:
     unknown = sorted(set(ix.distill_vq) - {f.name for f in dataclasses.fields(DistillVQConfig)} - {"nlist", "m"})
     if unknown:
         raise ValueError(f"{where}: index.distill_vq: unknown key {unknown[0]!r}")
+    try:  # its own value checks (holdout share, epochs)
+        DistillVQConfig(**{k: v for k, v in ix.distill_vq.items() if k not in ("nlist", "m")})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: index.{exc}") from None
     if ix.distill_vq_queries not in ("auto", "train", "pseudo"):
         raise ValueError(f"{where}: index.distill_vq_queries must be auto, train or pseudo")
     ix.threads = _number(ix.threads, where, "index.threads")

@@ -76,6 +76,15 @@ class DistillVQConfig:
     holdout_nprobe: int = 8
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from retrieval_kd.errors import ConfigError
+
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"distill_vq.holdout={self.holdout!r}: the share of training queries held out must be "
+                              "in [0, 1)")
+        if self.epochs < 1:
+            raise ConfigError(f"distill_vq.epochs={self.epochs!r}: must be >= 1")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
