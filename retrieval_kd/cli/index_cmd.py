@@ -12,6 +12,16 @@ from retrieval_kd.encoders.backends import ENCODING_CHOICES
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def _collection(args):
+    """``--dataset``'s collection, loaded once per command (the doc-id check, the corpus identity and the encoding
+    all need it)."""
+    from retrieval_kd.data import load_collection
+
+    if getattr(args, "_collection", None) is None:
+        args._collection = load_collection(args.dataset)
+    return args._collection
+
+
 def _load_matrix(path: Path, flag: str):
     """A 2-D ``.npy`` matrix (memory-mapped), or an error naming the file and the flag."""
     import numpy as np
@@ -52,12 +62,11 @@ def _encoded_corpus(args):
             raise ValueError(f"{args.doc_ids}: {len(doc_ids)} ids for {emb.shape[0]} rows of {args.embeddings}")
         _check_doc_ids(doc_ids, args)
         return doc_ids, np.asarray(emb, dtype=np.float32), args.model  # None: the sidecar says the encoder is unknown
-    from retrieval_kd.data import load_collection
     from retrieval_kd.encoders import corpus_embeddings
 
     if not args.dataset:
         raise ValueError("give --dataset (its corpus is encoded with --model), or --embeddings with --doc-ids")
-    collection = load_collection(args.dataset)
+    collection = _collection(args)
     model = args.model or MINILM
     return collection.corpus.ids, np.asarray(corpus_embeddings(model, collection.corpus, encoding=args.encoding)), model
 
@@ -74,9 +83,8 @@ def _check_doc_ids(doc_ids: list, args) -> None:
         dup = next(d for d in doc_ids if d in seen or seen.add(d))
         raise ValueError(f"{args.doc_ids}: doc id {dup!r} appears more than once")
     if args.dataset:
-        from retrieval_kd.data import load_collection
 
-        corpus = load_collection(args.dataset).corpus
+        corpus = _collection(args).corpus
         found = corpus.has(doc_ids)
         if not found.all():
             missing = [d for d, ok in zip(doc_ids, found) if not ok]
@@ -89,10 +97,9 @@ def _corpus_meta(args) -> dict:
     against it); none for bare --embeddings without --dataset (the folder says so, ``corpus_key`` null)."""
     if not args.dataset:
         return {"corpus_key": None}
-    from retrieval_kd.data import load_collection
     from retrieval_kd.index.dense import corpus_identity
 
-    return corpus_identity(load_collection(args.dataset).corpus)
+    return corpus_identity(_collection(args).corpus)
 
 
 def _common(p) -> None:
@@ -167,12 +174,11 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 
 def _build_sparse(args) -> int:
-    from retrieval_kd.data import load_collection
     from retrieval_kd.index.sparse import build_sparse_index
 
     if not args.dataset or not args.model:
         raise ValueError("sparse indexes need --model (a SparseEncoder folder or MLM id) and --dataset")
-    index = build_sparse_index(args.model, load_collection(args.dataset).corpus, args.output, prune=args.prune,
+    index = build_sparse_index(args.model, _collection(args).corpus, args.output, prune=args.prune,
                                max_seq_length=args.max_seq_length, windows=args.windows, dataset=args.dataset,
                                overwrite=args.overwrite, encoding=args.encoding)
     print(f"wrote {args.output} (sparse, {index.n_docs} documents, {index.nnz_per_doc():.1f} non-zeros each)")
@@ -227,12 +233,11 @@ def _vq_train(args) -> int:
             raise ValueError(f"{args.queries}: --queries has dimension {queries.shape[1]}, the corpus embeddings "
                              f"{emb.shape[1]}; embed both with the same model")
     else:
-        from retrieval_kd.data import load_collection
         from retrieval_kd.encoders import query_embeddings
 
         if not args.dataset:
             raise ValueError("give --dataset (its --split queries are the training queries) or --queries")
-        queries = query_embeddings(encoder or MINILM, load_collection(args.dataset).queries(args.split),
+        queries = query_embeddings(encoder or MINILM, _collection(args).queries(args.split),
                                    encoding=args.encoding)
     cfg = DistillVQConfig(nlist=args.nlist, m=args.m, opq=args.opq, epochs=args.epochs,
                           pseudo_queries=args.pseudo_queries, loss=args.loss, seed=args.seed)
