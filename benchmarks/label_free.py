@@ -1,28 +1,31 @@
 """Distillation without human labels (issue 19): students trained on queries made from the corpus itself.
 
 Usage:
-  python benchmarks/label_free.py --generator Qwen/Qwen2.5-7B-Instruct --examples-dir benchmarks/examples   # a GPU
-  python benchmarks/label_free.py --queries-method sentence          # no model: inverse cloze task queries
-  python benchmarks/label_free.py --smoke                            # the wiring only, on a 60-document slice
+  python benchmarks/label_free.py --rows bm25 init_dense label_free_dense --seeds 0 1      # SciFact, crop queries
+  python benchmarks/label_free.py --datasets cranfield --rows bm25 init_dense label_free_dense
+  python benchmarks/label_free.py --variant source --rows label_free_dense     # another recipe (VARIANTS)
+  python benchmarks/label_free.py --smoke                                      # the wiring only, 60 documents
 
-Per dataset, nDCG@10 on its *test* split (results keys ``<dataset>.<row>``):
+Rows (results keys ``<dataset>.<row>``, nDCG@10 on the *test* split; a row trained with several seeds holds
+their mean, each seed and the paired t-tests in ``label_free.meta.json``):
 
   bm25                          BM25 (bm25s, k1 0.9, b 0.4)
-  init_dense                    the undistilled student (--student, all-MiniLM-L6-v2)
-  labeled_dense                 (scifact) distilled on train queries + qrels, the fitted ensemble teacher
-  label_free_dense              distilled on generated queries, positives = their source documents, no label used
-  label_free_sparse             (scifact) the inference-free sparse student on the same data
-  labeled_plus_generated_dense  (scifact) train queries + qrels and the generated queries, one teacher
+  init_dense                    the undistilled student (all-MiniLM-L6-v2) with the student's settings
+  labeled_dense                 (needs a train split) distilled on train queries + qrels, the fitted ensemble
+  label_free_dense              distilled on made-up queries (the corpus only: no training query, no qrels)
+  label_free_sparse             the inference-free sparse student on the same made-up queries
+  labeled_plus_generated_dense  (needs a train split) train queries + qrels and the made-up queries
 
-Steps of a label-free row: queries (``rkd queries generate`` or ``crop``; length, duplicate and round-trip filters),
-BM25 top-k candidates plus each query's source (``rkd teach mine --queries``), teacher scores (the heterogeneous
-ensemble of ``_teacher.MEMBERS`` with *equal* weights: fitting them needs labels), training. Settings are chosen on
-a dev carve of the *generated* queries (``data.dev_fraction`` of them, judged by their pseudo-qrels): ``--sweep
-KEY=V1,V2`` trains one run per value of one config key, keeps the best dev nDCG@10 and evaluates only that run on
-test. No test query or test judgement is seen before that last step.
+A label-free row: queries cropped from the corpus (``rkd queries crop``; length, duplicate and round-trip
+filters), candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --queries``), teacher = the equal-
+weight per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (fitting weights needs labels), training.
+Recipes (``--variant``) are compared on a *dev carve of the made-up queries* (``data.dev_fraction``: the trainer
+reranks each dev query's candidates and scores nDCG@10 against its pseudo-positive), never on a test split; the
+variant is chosen by that dev number before test is read (``label_free.meta.json`` records both).
 
-Writes benchmarks/results/label_free.json (``{"scifact": {...}, "cranfield": {...}}``) and label_free.meta.json
-(settings, dev sweep, query counts, hardware).
+Everything a row trains or scores is kept under ``--work`` and reused on the next run (a killed run resumes:
+the score store skips scored queries, a trained student folder with a summary is not trained again).
+Writes benchmarks/results/label_free.json (merged into what is there) and label_free.meta.json.
 """
 
 from __future__ import annotations
@@ -34,41 +37,45 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = {"scifact": ["bm25", "init_dense", "labeled_dense", "label_free_dense", "label_free_sparse",
-                    "labeled_plus_generated_dense"],
-        "cranfield": ["bm25", "init_dense", "label_free_dense"]}
+ROWS = ["bm25", "init_dense", "labeled_dense", "label_free_dense", "label_free_sparse",
+        "labeled_plus_generated_dense"]
+TEACHERS = ["bm25", "bi-encoder:sentence-transformers/all-MiniLM-L6-v2"]
+#: recipe name -> student config overrides of the label-free rows (chosen on the dev carve, see meta)
+VARIANTS = {
+    # the teacher's ranking of the documents *other* than the query's source (which a crop trivially matches)
+    "others": {"data.positives": "teacher", "data.exclude_source": True},
+    # GPL: the source (its query sentence removed, ICT) is the positive, the teacher's candidates the negatives
+    "source": {"data.positives": "source"},
+}
+DENSE_TRAIN = {"training.max_steps": 150, "training.num_train_epochs": 1, "training.learning_rate": 2.0e-5,
+               "data.max_negatives": 20, "data.dev_max_queries": 200, "training.save_strategy": "no"}
+SPARSE_TRAIN = {"training.max_steps": 100, "training.num_train_epochs": 1, "training.learning_rate": 2.0e-4,
+                "train_max_length": 128, "data.max_negatives": 20, "training.save_strategy": "no"}
 SMOKE = {"training.max_steps": 2, "training.per_device_train_batch_size": 4, "training.save_strategy": "no",
-         "training.use_cpu": True, "sampler.kind": "random", "data.max_negatives": 3, "max_seq_length": 64,
-         "train_max_length": 64}
+         "sampler.kind": "random", "data.max_negatives": 3, "max_seq_length": 64, "train_max_length": 64,
+         "data.dev_fraction": 0.0}
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=list(ROWS), help="registered names (or BEIR folders)")
+    p.add_argument("--datasets", nargs="+", default=["scifact"], help="registered names or BEIR folders")
+    p.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds of the trained rows")
+    p.add_argument("--variant", default="others", choices=list(VARIANTS))
     p.add_argument("--work", type=Path, default=ROOT / "experiments" / "label-free")
-    p.add_argument("--queries-method", default="generate", choices=["generate", "title", "sentence", "span"])
-    p.add_argument("--generator", default="HuggingFaceTB/SmolLM2-135M-Instruct",
-                   help="causal LM (Promptagator-style) or seq2seq doc2query (BeIR/query-gen-msmarco-t5-base-v1)")
-    p.add_argument("--examples-dir", type=Path, default=None, help="DIR/<dataset>.jsonl: few-shot examples")
-    p.add_argument("--per-document", type=int, default=3)
-    p.add_argument("--max-documents", type=int, default=None, help="a seeded sample of each corpus")
-    p.add_argument("--round-trip", default="bm25", help="round-trip retriever ('' for none)")
-    p.add_argument("--round-trip-k", type=int, default=5)
-    p.add_argument("--device", default=None)
-    p.add_argument("--teachers", nargs="+", default=None, help="teacher specs (default: _teacher.MEMBERS)")
-    p.add_argument("--top-k", type=int, default=100, help="BM25 candidates per query")
+    p.add_argument("--method", default="sentence", choices=["title", "sentence", "span"], help="crop method")
+    p.add_argument("--per-document", type=int, default=1)
+    p.add_argument("--remove-sentence", type=float, default=0.9, help="ICT: P(query sentence left out of source)")
+    p.add_argument("--max-queries", type=int, default=None, help="a seeded sample of the made-up queries")
+    p.add_argument("--round-trip-k", type=int, default=10, help="BM25 round-trip filter (0: none)")
+    p.add_argument("--top-k", type=int, default=30, help="BM25 and dense candidates per query (each)")
+    p.add_argument("--encoding", default="torch-bf16", help="backend of every corpus/query encoding (both sides)")
     p.add_argument("--dense-config", type=Path, default=ROOT / "configs" / "dense" / "scifact-demo.yaml")
     p.add_argument("--sparse-config", type=Path, default=ROOT / "configs" / "sparse" / "scifact-demo.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a student config key (as rkd train --set), every run")
-    p.add_argument("--sweep", default=None, metavar="KEY=V1,V2",
-                   help="one config key swept for the label-free dense run, chosen on the generated dev carve")
-    p.add_argument("--dev-fraction", type=float, default=0.1, help="generated queries held out as the dev carve")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke", action="store_true",
-                   help="wiring check: 60-document slices, crop queries, BM25 teacher, 2 training steps")
-    p.add_argument("--output", type=Path, default=None,
-                   help="default benchmarks/results/label_free.json (--smoke: WORK/label_free.smoke.json)")
+                   help="override a student config key of the trained rows (as rkd train --set)")
+    p.add_argument("--smoke", action="store_true", help="wiring check: 60-document slices, 2 training steps")
+    p.add_argument("--output", type=Path, default=None)
     return p.parse_args()
 
 
@@ -101,37 +108,30 @@ def slice_collection(collection, folder: Path, n_docs: int = 60, n_queries: int 
     return str(folder)
 
 
-def make_queries(args, name: str, collection, work: Path) -> Path:
-    """Training queries of a label-free run (resumable generation, or crops), filtered; returns queries.jsonl."""
-    from retrieval_kd.queries import (
-        QueryFilters,
-        QueryGenerator,
-        crop_queries,
-        generate_queries,
-        read_examples,
-        write_query_set,
-    )
+def make_queries(args, collection, work: Path) -> Path:
+    """The made-up training queries (crops, filtered, sampled to ``--max-queries``); returns queries.jsonl."""
+    from retrieval_kd.queries import QueryFilters, crop_queries, read_query_set, write_query_set
 
-    out = work / "queries.jsonl"
-    filters = QueryFilters(min_words=2, max_words=48, round_trip=args.round_trip or None,
-                           round_trip_k=args.round_trip_k)
-    if args.queries_method == "generate":
-        examples_file = args.examples_dir / f"{name}.jsonl" if args.examples_dir else None
-        examples = read_examples(examples_file) if examples_file and examples_file.exists() else None
-        generator = QueryGenerator(args.generator, examples, queries_per_document=args.per_document,
-                                   device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32")
-        generate_queries(generator, collection, out, batch_size=16, seed=args.seed, max_documents=args.max_documents,
-                         skip_empty=True, filters=filters)
-    else:
-        write_query_set(crop_queries(collection, args.queries_method, args.per_document, args.seed,
-                                     remove_sentence=0.9, max_span_words=32, max_documents=args.max_documents,
-                                     skip_empty=True, filters=filters), out)
+    out = work / f"queries-{args.method}{args.per_document}.jsonl"
+    if out.exists():
+        return out
+    filters = QueryFilters(min_words=4, max_words=64, round_trip="bm25" if args.round_trip_k else None,
+                           round_trip_k=max(1, args.round_trip_k))
+    made = crop_queries(collection, args.method, args.per_document, seed=0, remove_sentence=args.remove_sentence,
+                        max_span_words=32, skip_empty=True, filters=filters)
+    if args.max_queries and len(made) > args.max_queries:
+        import random
+
+        made = made.subset(sorted(random.Random(0).sample(sorted(made.queries), args.max_queries)))
+    write_query_set(made, out)
+    logging.info("%s: %s", out, read_query_set(out).counts)
     return out
 
 
-def teach(collection, queries_file: Path | None, split: str | None, store: Path, specs, top_k: int, weights=None):
-    """Candidates (BM25 top-k + positives: sources, or judged ones of ``split``) scored by the ensemble of ``specs``
-    (``weights`` None: equal) into ``store``; returns the teacher's fingerprint."""
+def teach(collection, queries_file: Path | None, split: str | None, store: Path, top_k: int, encoding: str,
+          weights=None):
+    """Candidates (BM25 + dense top-k + each query's source, or the split's judged positives) scored by the
+    BM25 + MiniLM ensemble (``weights`` None: equal) into ``store``; returns the ensemble's fingerprint."""
     from retrieval_kd.queries import read_query_set
     from retrieval_kd.teachers import EnsembleTeacher, mine_candidates, parse_teacher, score_candidates
 
@@ -139,64 +139,122 @@ def teach(collection, queries_file: Path | None, split: str | None, store: Path,
     if queries_file is not None:
         made = read_query_set(queries_file)
         queries, positives = made.queries, {q: {d: 1} for q, d in made.sources.items()}
-    candidates = mine_candidates(collection, split, top_k, queries=queries, positives=positives)
-    teacher = EnsembleTeacher([parse_teacher(s) for s in specs], weights, normalization="minmax")  # as _teacher.py
+    candidates = mine_candidates(collection, split, top_k, sources=("bm25", "dense"), queries=queries,
+                                 positives=positives, encoding=encoding)
+    members = [parse_teacher(s) for s in TEACHERS]
+    for m in members:
+        if hasattr(m, "encoding"):
+            m.encoding = encoding
+    teacher = EnsembleTeacher(members, weights, normalization="minmax")
     score_candidates(teacher, collection, candidates, store, queries=queries)
     return teacher.fingerprint
 
 
+def fitted_weights(collection, store: Path, top_k: int, encoding: str):
+    """The ensemble's weights fitted on the train split's qrels (labelled rows only), as benchmarks/dense.py."""
+    from retrieval_kd.teachers import ScoreStore, fit_weights, mine_candidates, parse_teacher, score_candidates
+
+    candidates = mine_candidates(collection, "train", top_k, sources=("bm25", "dense"), encoding=encoding)
+    runs = []
+    for spec in TEACHERS:
+        member = parse_teacher(spec)
+        if hasattr(member, "encoding"):
+            member.encoding = encoding
+        score_candidates(member, collection, candidates, store)
+        with ScoreStore(store) as s:
+            runs.append(s.get(member.fingerprint))
+    weights, value = fit_weights(runs, collection.qrels("train"), "minmax", step=0.1)
+    logging.info("ensemble weights fitted on train: %s (train nDCG@10 %.4f)", weights, value)
+    return weights
+
+
 # -- students ----------------------------------------------------------------------------------------------------
 def train(kind: str, config_file: Path, overrides: dict) -> dict:
+    """Train (or reuse a finished run in the same folder with the same settings); returns the summary."""
     from retrieval_kd.students import load_config, load_sparse_config, train_dense, train_sparse
 
+    out = Path(overrides["output_dir"])
+    done = out / "rkd_benchmark_settings.json"
+    settings = json.dumps(overrides, sort_keys=True, default=str)
+    if done.exists() and done.read_text() == settings and (out / "rkd_training.json").exists():
+        return json.loads((out / "rkd_training.json").read_text())
+    t0 = time.perf_counter()
     if kind == "dense":
-        return train_dense(load_config(config_file, {"resume": "never", **overrides}), overwrite=True)
-    return train_sparse(load_sparse_config(config_file, {"resume": "never", **overrides}), overwrite=True)
+        summary = train_dense(load_config(config_file, {"resume": "never", **overrides}), overwrite=True)
+    else:
+        summary = train_sparse(load_sparse_config(config_file, {"resume": "never", **overrides}), overwrite=True)
+    summary = {**summary, "train_seconds": round(time.perf_counter() - t0, 1)}
+    (out / "rkd_training.json").write_text(json.dumps(summary, indent=1, default=str))
+    done.write_text(settings)
+    return summary
 
 
-def choose_on_dev(config_file: Path, base: dict, sweep: str | None, work: Path) -> tuple[dict, list[dict]]:
-    """Train one dense run per value of the swept key; the best dev nDCG@10 (generated dev carve) wins."""
-    from retrieval_kd.cli.train_cmd import parse_overrides
-
-    if not sweep:
-        summary = train("dense", config_file, base)
-        return {**base, "summary": summary}, [{"setting": None, "dev": summary["dev"]}]
-    key, _, values = sweep.partition("=")
-    table, best = [], None
-    for value in values.split(","):
-        overrides = {**base, **parse_overrides([f"{key}={value}"]),
-                     "output_dir": str(work / f"dense-{key}-{value}")}
-        summary = train("dense", config_file, overrides)
-        dev = summary["dev"].get("dev_cosine_ndcg@10", float("nan"))
-        table.append({"setting": f"{key}={value}", "dev": summary["dev"]})
-        if best is None or dev > best[0]:
-            best = (dev, {**overrides, "summary": summary})
-    return best[1], table
-
-
-def ndcg_at_10(collection, run) -> float:
-    from retrieval_kd.eval import evaluate
-
-    level = collection.conventions.relevance_level
-    return round(evaluate(collection.qrels("test"), run, ["ndcg@10"], level).scores["ndcg@10"], 4)
-
-
-def dense_run(model: str, collection, max_seq_length: int):
+def dense_run(model: str, collection, max_seq_length: int, encoding: str):
     from retrieval_kd.search.dense import dense_search
 
-    return dense_search(model, collection, collection.queries("test"), 1000, max_seq_length)
+    return dense_search(model, collection, collection.queries("test"), 1000, max_seq_length, encoding=encoding)
 
 
-def sparse_run(model: str, collection, ref: str, folder: Path):
+def sparse_run(model: str, collection, ref: str, folder: Path, encoding: str):
     from retrieval_kd.index.sparse import build_sparse_index
     from retrieval_kd.search.retriever import Retriever
 
-    build_sparse_index(model, collection.corpus, folder, dataset=ref, overwrite=True)
+    build_sparse_index(model, collection.corpus, folder, dataset=ref, overwrite=True, encoding=encoding)
     return Retriever(folder, dataset=ref).search_run(collection.queries("test"), 1000)
 
 
+def teacher_dev(model: str, collection, queries_file: Path, store: Path, fingerprint: str, seed: int,
+                max_seq_length: int, encoding: str) -> float:
+    """The label-free selection criterion: nDCG@10 of ``model`` on the dev carve of the made-up queries (the
+    queries the trainer held out with ``seed``), judged by the teacher's top 3 documents other than the query's
+    source (grades 3, 2, 1), the source left out of the ranking. No label, no test query."""
+    import numpy as np
+
+    from retrieval_kd.encoders import corpus_embeddings, query_embeddings
+    from retrieval_kd.eval import evaluate
+    from retrieval_kd.queries import read_query_set
+    from retrieval_kd.students.data import split_dev
+    from retrieval_kd.teachers import ScoreStore
+
+    made = read_query_set(queries_file)
+    with ScoreStore(store) as s:
+        run = s.get(fingerprint)
+    _, dev = split_dev([q for q in made.queries if q in run], 0.1, seed, DENSE_TRAIN["data.dev_max_queries"])
+    sources = made.sources
+    qrels = {}
+    for q in dev:
+        ranked = sorted((d for d in run[q] if d != sources[q]), key=lambda d: (-run[q][d], d))[:3]
+        qrels[q] = {d: 3 - i for i, d in enumerate(ranked)}
+    docs = np.asarray(corpus_embeddings(model, collection.corpus, max_seq_length, encoding=encoding))
+    q_emb = np.asarray(query_embeddings(model, {q: made.queries[q] for q in dev}, max_seq_length,
+                                        encoding=encoding))
+    ids = collection.corpus.ids
+    top = np.argsort(-(q_emb @ docs.T), axis=1)[:, :11]
+    student = {}
+    for q, row in zip(dev, top):
+        hits = [ids[i] for i in row if ids[i] != sources[q]][:10]
+        student[q] = {d: float(10 - r) for r, d in enumerate(hits)}
+    return round(evaluate(qrels, student, ["ndcg@10"], 1).scores["ndcg@10"], 4)
+
+
+def per_query(collection, run) -> dict:
+    from retrieval_kd.eval import evaluate
+
+    level = collection.conventions.relevance_level
+    result = evaluate(collection.qrels("test"), run, ["ndcg@10"], level)
+    return {"mean": round(result.scores["ndcg@10"], 4), "per_query": result.per_query["ndcg@10"]}
+
+
+def paired_p(a: dict, b: dict) -> float:
+    """Two-sided paired t-test p of per-query nDCG@10 (queries of both)."""
+    from scipy.stats import ttest_rel
+
+    common = sorted(set(a) & set(b))
+    return float(ttest_rel([a[q] for q in common], [b[q] for q in common]).pvalue)
+
+
 # -- one dataset -------------------------------------------------------------------------------------------------
-def run_dataset(args, ref: str, overrides: dict) -> tuple[dict, dict]:
+def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> None:
     from retrieval_kd.data import load_collection
     from retrieval_kd.queries import read_query_set
     from retrieval_kd.search import bm25_index_for
@@ -204,79 +262,99 @@ def run_dataset(args, ref: str, overrides: dict) -> tuple[dict, dict]:
     name = Path(ref).name
     work = args.work / name
     if args.smoke:
-        ref = slice_collection(load_collection(ref), work / "slice", seed=args.seed)
+        ref = slice_collection(load_collection(ref), work / "slice")
     collection = load_collection(ref)
-    specs = args.teachers or (["bm25"] if args.smoke else _members())
-    rows, meta = {}, {"dataset": ref, "teachers": specs}
-    rows["bm25"] = ndcg_at_10(collection, bm25_index_for(collection).search(collection.queries("test"), 1000))
-    t0 = time.perf_counter()
-    queries_file = make_queries(args, name, collection, work)
-    made = read_query_set(queries_file)
-    meta.update(queries=made.counts, queries_seconds=round(time.perf_counter() - t0, 1))
-    store = work / "scores"
-    fingerprint = teach(collection, queries_file, None, store, specs, args.top_k)
-    base = {**overrides, "data.dataset": ref, "data.store": str(store), "data.teacher": fingerprint,
-            "data.queries": str(queries_file), "data.positives": "source", "data.dev_fraction": args.dev_fraction,
-            "output_dir": str(work / "dense")}
-    chosen, table = choose_on_dev(args.dense_config, base, args.sweep, work)
-    meta.update(dev_sweep=table, chosen={k: v for k, v in chosen.items() if k != "summary"})
+    rows, info = results.setdefault(name, {}), meta.setdefault(name, {"dataset": ref, "teachers": TEACHERS})
+    per_q = {}
     seq = 64 if args.smoke else 256
-    rows["init_dense"] = ndcg_at_10(collection, dense_run(_student(args), collection, seq))
-    rows["label_free_dense"] = ndcg_at_10(collection, dense_run(chosen["output_dir"], collection, seq))
-    wanted = ROWS.get(name, ROWS["scifact"])
-    if "label_free_sparse" in wanted:
-        # the sparse student takes the chosen data settings (the dense run's loss and sampler are its own)
-        sparse = {**overrides, **{k: v for k, v in chosen.items() if k.startswith("data.")},
-                  "output_dir": str(work / "sparse"), "idf_file": str(work / "idf.json"),
-                  "data.dev_fraction": 0.0, "training.eval_strategy": "no"}  # the sparse trainer has no evaluator
-        train("sparse", args.sparse_config, sparse)
-        rows["label_free_sparse"] = ndcg_at_10(collection, sparse_run(str(work / "sparse"), collection, ref,
-                                                                      work / "sparse-index"))
-    if "labeled_dense" in wanted and "train" in collection.splits:
-        rows.update(labeled_rows(args, collection, ref, work, specs, queries_file, chosen, overrides, seq, meta))
-    return rows, meta
 
+    def record(row: str, runs: list[tuple[int | None, dict]]):
+        scored = [(seed, per_query(collection, run)) for seed, run in runs]
+        rows[row] = round(sum(s["mean"] for _, s in scored) / len(scored), 4)
+        per_q[row] = {q: sum(s["per_query"][q] for _, s in scored) / len(scored) for q in scored[0][1]["per_query"]}
+        info.setdefault("rows", {})[row] = {"seeds": {str(seed): s["mean"] for seed, s in scored}}
+        print(json.dumps({f"{name}.{row}": rows[row], "seeds": info["rows"][row]["seeds"]}), flush=True)
 
-def labeled_rows(args, collection, ref: str, work: Path, specs, queries_file: Path, chosen: dict, overrides: dict,
-                 seq: int, meta: dict) -> dict:
-    """``labeled_dense`` (train queries + qrels, the ensemble's weights fitted on them, as benchmarks/dense.py) and
-    ``labeled_plus_generated_dense`` (those and the generated queries, scored by that same teacher)."""
-    store = work / "labeled-scores"
-    teacher, weights = _fitted_teacher(collection, store, specs, fit=len(specs) > 1)
-    meta["labeled_teacher"] = {"fingerprint": teacher.fingerprint, "weights": weights}
-    labeled = {**overrides, "data.dataset": ref, "data.store": str(store), "data.teacher": teacher.fingerprint,
-               "output_dir": str(work / "labeled-dense")}
-    train("dense", args.dense_config, labeled)
-    teach(collection, queries_file, None, store, specs, args.top_k, weights)
-    mixed = {k: v for k, v in chosen.items() if k != "summary"}
-    mixed.update({"data.store": str(store), "data.teacher": teacher.fingerprint, "data.mix_labeled": True,
-                  "output_dir": str(work / "mixed-dense")})
-    train("dense", args.dense_config, mixed)
-    return {"labeled_dense": ndcg_at_10(collection, dense_run(str(work / "labeled-dense"), collection, seq)),
-            "labeled_plus_generated_dense": ndcg_at_10(collection, dense_run(str(work / "mixed-dense"), collection,
-                                                                             seq))}
+    record("bm25", [(None, bm25_index_for(collection).search(collection.queries("test"), 1000))])
+    if "init_dense" in args.rows:
+        from retrieval_kd.students import load_config
 
+        record("init_dense", [(None, dense_run(load_config(args.dense_config).model, collection, seq,
+                                               args.encoding))])
+    needs_queries = {"label_free_dense", "label_free_sparse", "labeled_plus_generated_dense"} & set(args.rows)
+    if needs_queries:
+        t0 = time.perf_counter()
+        queries_file = make_queries(args, collection, work)
+        store = work / "scores"
+        fingerprint = teach(collection, queries_file, None, store, args.top_k, args.encoding)
+        info["teacher_dev"] = info.get("teacher_dev", {})
+        from retrieval_kd.students import load_config
 
-def _members():
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _teacher import MEMBERS
-
-    return MEMBERS
-
-
-def _fitted_teacher(collection, store: Path, specs, fit: bool):
-    _members()  # benchmarks/ on the path
-    from _teacher import heterogeneous_teacher
-
-    return heterogeneous_teacher(collection, "train", store, specs, fit=fit)
-
-
-def _student(args) -> str:
-    from retrieval_kd.students import load_config
-
-    return load_config(args.dense_config).model
+        init_model = load_config(args.dense_config).model
+        info["teacher_dev"]["init_dense"] = teacher_dev(init_model, collection, queries_file, store, fingerprint, 0,
+                                                        seq, args.encoding)
+        info["queries"] = {"file": str(queries_file), "counts": read_query_set(queries_file).counts,
+                           "method": args.method, "per_document": args.per_document,
+                           "round_trip_k": args.round_trip_k, "seconds_to_teacher_scores":
+                           round(time.perf_counter() - t0, 1)}
+        base = {**DENSE_TRAIN, **VARIANTS[args.variant], **overrides, "data.dataset": ref,
+                "data.store": str(store), "data.teacher": fingerprint, "data.queries": str(queries_file),
+                "data.dev_fraction": 0.0 if args.smoke else 0.1}
+    for row, kind in (("label_free_dense", "dense"), ("label_free_sparse", "sparse")):
+        if row not in args.rows:
+            continue
+        runs = []
+        for seed in args.seeds:
+            out = work / f"{row}-{args.variant}-s{seed}"
+            if kind == "dense":
+                summary = train(kind, args.dense_config, {**base, "training.seed": seed, "output_dir": str(out)})
+                runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
+                info["teacher_dev"][out.name] = teacher_dev(str(out), collection, queries_file, store, fingerprint,
+                                                            seed, seq, args.encoding)
+                print(json.dumps({"teacher_dev": {out.name: info["teacher_dev"][out.name],
+                                                  "init_dense": info["teacher_dev"]["init_dense"]}}), flush=True)
+            else:
+                sparse = {**SPARSE_TRAIN, **{k: v for k, v in base.items() if k.startswith("data.")},
+                          **VARIANTS[args.variant], **overrides, "data.dev_fraction": 0.0,
+                          "training.seed": seed, "output_dir": str(out), "idf_file": str(work / "idf.json")}
+                summary = train(kind, args.sparse_config, sparse)
+                runs.append((seed, sparse_run(str(out), collection, ref, work / f"{out.name}-index",
+                                              args.encoding)))
+            info.setdefault("train", {})[f"{row}-{args.variant}-s{seed}"] = {
+                "variant": args.variant, "settings": VARIANTS[args.variant], "dev": summary.get("dev"),
+                "train_seconds": summary.get("train_seconds"), "steps": summary.get("steps")}
+        record(row, runs)
+    if {"labeled_dense", "labeled_plus_generated_dense"} & set(args.rows):
+        if "train" not in collection.splits:
+            raise SystemExit(f"{name}: labelled rows need a train split")
+        store = work / "labeled-scores"
+        weights = fitted_weights(collection, store, args.top_k, args.encoding)
+        labeled_fp = teach(collection, None, "train", store, args.top_k, args.encoding, weights)
+        info["labeled_teacher"] = {"weights": weights, "fingerprint": labeled_fp}
+        labeled = {**DENSE_TRAIN, **overrides, "data.dataset": ref, "data.store": str(store),
+                   "data.teacher": labeled_fp, "data.dev_fraction": 0.0}
+        if "labeled_plus_generated_dense" in args.rows:
+            mixed_fp = teach(collection, queries_file, None, store, args.top_k, args.encoding, weights)
+            assert mixed_fp == labeled_fp
+        for row in ("labeled_dense", "labeled_plus_generated_dense"):
+            if row not in args.rows:
+                continue
+            runs = []
+            for seed in args.seeds:
+                out = work / f"{row}-s{seed}"
+                extra = {} if row == "labeled_dense" else {**VARIANTS[args.variant], "data.queries": str(
+                    queries_file), "data.mix_labeled": True}
+                summary = train("dense", args.dense_config, {**labeled, **extra, "training.seed": seed,
+                                                             "output_dir": str(out)})
+                info.setdefault("train", {})[f"{row}-s{seed}"] = {"train_seconds": summary.get("train_seconds")}
+                runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
+            record(row, runs)
+    tests = {}
+    for row in per_q:
+        for base_row in ("bm25", "init_dense"):
+            if row != base_row and base_row in per_q and row not in ("bm25", "init_dense"):
+                tests[f"{row} vs {base_row}"] = round(paired_p(per_q[row], per_q[base_row]), 4)
+    info.setdefault("paired_t_test_p", {}).update(tests)
 
 
 def main() -> None:
@@ -289,21 +367,21 @@ def main() -> None:
     from retrieval_kd.utils.hardware import hardware_info
 
     if args.smoke:
-        args.queries_method = "sentence" if args.queries_method == "generate" else args.queries_method
-        args.per_document = 1
-        args.dev_fraction = args.dev_fraction if args.sweep else 0.0
+        args.work = args.work / "smoke"
     args.output = args.output or (args.work / "label_free.smoke.json" if args.smoke else
                                   ROOT / "benchmarks" / "results" / "label_free.json")
     overrides = {**(SMOKE if args.smoke else {}), **parse_overrides(args.overrides)}
-    results, meta = {}, {"command": "python benchmarks/label_free.py", "args": vars(args), "hardware": hardware_info()}
+    meta_file = args.output.with_suffix(".meta.json")
+    results = json.loads(args.output.read_text()) if args.output.exists() else {}
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta.setdefault("runs", []).append({"command": "python benchmarks/label_free.py", "args": vars(args),
+                                        "hardware": hardware_info()})
     for ref in args.datasets:
-        rows, info = run_dataset(args, ref, overrides)
-        results[Path(ref).name], meta[Path(ref).name] = rows, info
-        print(json.dumps({Path(ref).name: rows}))
-    with atomic_write(args.output) as fh:
-        json.dump(results, fh, indent=1)
-    with atomic_write(args.output.with_suffix(".meta.json")) as fh:
-        json.dump(meta, fh, indent=1, default=str)
+        run_dataset(args, ref, overrides, results, meta)
+        with atomic_write(args.output) as fh:
+            json.dump(results, fh, indent=1)
+        with atomic_write(meta_file) as fh:
+            json.dump(meta, fh, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -87,10 +87,11 @@ def percentiles(seconds) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- in-process
-def inprocess(folder: Path, warm: list[str], measured: list[str], k: int, batch: int) -> tuple[dict, dict]:
+def inprocess(folder: Path, warm: list[str], measured: list[str], k: int, batch: int,
+              encoding: str | None = None) -> tuple[dict, dict]:
     from retrieval_kd import Retriever
 
-    retriever = Retriever(folder, cache_queries=False)
+    retriever = Retriever(folder, cache_queries=False, encoding=encoding)
     retriever.search(warm[:batch], k=k)
     for q in warm[:8]:
         retriever.search([q], k=k)
@@ -112,7 +113,7 @@ def inprocess(folder: Path, warm: list[str], measured: list[str], k: int, batch:
 def start_server(folders: dict[str, Path], args) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "retrieval_kd.cli.main", "-q", "serve", *[f"{n}={p}" for n, p in folders.items()],
            "--port", "0", "--threads", str(args.threads), "--batch-window-ms", str(args.batch_window_ms),
-           "--max-batch", str(args.max_batch)]
+           "--max-batch", str(args.max_batch), *(["--encoding", args.encoding] if args.encoding else [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
     if " on http://" not in line:
@@ -220,6 +221,8 @@ def main() -> int:
                         "another (2 threads on a busy 2-core machine ran a MiniLM query 20x slower than 1)")
     p.add_argument("--batch-window-ms", type=float, default=2.0)
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--encoding", default=None, help="query encoder backend, the same for server and in-process "
+                                                    "(default: the index's, torch)")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)  # as `rkd serve -q`: no per-call progress bars on either side
@@ -249,7 +252,8 @@ def main() -> int:
     for name, folder in folders.items():
         print(f"{name}: in-process on {len(measured)} queries", flush=True)
         out[name] = {"folder": str(folder)}
-        out[name]["inprocess"], out[name]["describe"] = inprocess(folder, warm, measured, args.k, batch)
+        out[name]["inprocess"], out[name]["describe"] = inprocess(folder, warm, measured, args.k, batch,
+                                                                  args.encoding)
         out[name]["encoder"] = out[name]["describe"].get("encoder")
     proc, url = start_server(folders, args)
     try:

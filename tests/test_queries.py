@@ -24,6 +24,7 @@ from retrieval_kd.queries import (
     pseudo_qrels,
     read_examples,
     read_query_set,
+    sample_queries,
     sentence_spans,
     sidecar_path,
     write_query_set,
@@ -228,6 +229,18 @@ def test_filters_count_each_reason(tiny_beir):
         QueryFilters(min_words=5, max_words=2)
 
 
+def test_sample_queries_is_a_seeded_ordered_cap():
+    qs = QuerySet({f"q{i}": f"query {i}" for i in range(10)}, {f"q{i}": "d1" for i in range(10)}, "import")
+    a, b = sample_queries(qs, 4, seed=3), sample_queries(qs, 4, seed=3)
+    assert list(a.queries) == list(b.queries) and len(a) == 4
+    assert list(a.queries) == sorted(a.queries, key=lambda q: int(q[1:]))  # the set's order kept
+    assert a.counts["dropped"] == {"max_queries": 6} and a.filters[-1]["filter"] == "max_queries"
+    assert list(sample_queries(qs, 4, seed=4).queries) != list(a.queries)
+    assert len(sample_queries(qs, 20)) == 10 and sample_queries(qs, None) is qs
+    with pytest.raises(ConfigError, match="max_queries=0"):
+        sample_queries(qs, 0)
+
+
 def test_filter_cli_prints_counts_and_writes_provenance(tiny_beir, tmp_path, capsys):
     from retrieval_kd.cli.main import main
 
@@ -324,6 +337,12 @@ def test_label_free_removed_sentence_teacher_positives_and_mixing(tiny_beir, tmp
     assert set(rows) == {(q_s1, "s1", "s3"), (q_s1, "s1", "s2"), (q_s2, "s1", "s2")}
     assert rows[(q_s2, "s1", "s2")]["negative"] == qs.positive_texts(coll.corpus)[q_s2]   # s2 without its query
     assert rows[(q_s1, "s1", "s2")]["negative"] == "Wifi is radio. Bluetooth is radio too."
+    # the source left out: q_s1 learns s3 over s2 (its source s1 gone), q_s2 has only s1 left (no pair)
+    data = prepare_training_data(_config(folder, tmp_path / "scores", tmp_path / "ict.jsonl", positives="teacher",
+                                         exclude_source=True), coll)
+    assert {(r["query_id"], r["positive_id"], r["negative_id"]) for r in data.dataset.to_list()} == {
+        (q_s1, "s3", "s2")}
+    assert data.qrels[q_s1] == {"s3": 1} and data.qrels[q_s2] == {"s1": 1}
     # labelled + generated: q1 joins with its judged positive d1
     data = prepare_training_data(_config(folder, tmp_path / "scores", tmp_path / "ict.jsonl", mix_labeled=True),
                                  coll)
@@ -371,6 +390,8 @@ def test_label_free_config_is_checked(tmp_path):
         _config(tmp_path, tmp_path, tmp_path / "q.jsonl", positives="gold")
     with pytest.raises(ConfigError, match="mix_labeled"):
         _config(tmp_path, tmp_path, None, positives="teacher", mix_labeled=True)
+    with pytest.raises(ConfigError, match="exclude_source"):
+        _config(tmp_path, tmp_path, tmp_path / "q.jsonl", positives="both", exclude_source=True)
     from retrieval_kd.students import load_config
 
     assert load_config({}).data.positives == "qrels" and load_config({}).data.queries is None   # the default

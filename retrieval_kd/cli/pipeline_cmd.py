@@ -11,13 +11,19 @@ EPILOG = """examples:
   rkd pipeline configs/pipeline/msmarco-trec-dl.yaml --dry-run # validate; list stages, inputs, outputs
   rkd pipeline configs/pipeline/scifact-demo.yaml --force report
   rkd pipeline configs/pipeline/scifact-demo.yaml --until train-dense --set students.sparse=null
-stages: mine, teach, train-dense, train-sparse, index, retrieve, evaluate, report"""
+  rkd pipeline configs/pipeline/label-free.yaml --dataset path/to/beir-folder   # experiments/label-free-<folder>
+stages: [queries], mine, teach, train-dense, train-sparse, index, retrieve, evaluate, report
+(queries: only when the training queries are made from the corpus, queries.source crop, generate or import)"""
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="teachers -> students -> indexes -> evaluation -> report, resumable",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     p.add_argument("config", type=Path, help="pipeline YAML (see configs/pipeline/)")
+    p.add_argument("--dataset", metavar="PATH_OR_NAME",
+                   help="run the config on this collection (a BEIR folder or a registered name): it replaces the "
+                        "config's dataset, its test split replaces eval, and the experiment folder is "
+                        "<output_root>/<name>-<collection name>")
     p.add_argument("--dry-run", action="store_true", help="validate the config; list stages, inputs, outputs, state")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="run STAGE (and what reads it) even if it is up to date; repeatable")
@@ -32,7 +38,7 @@ def _run(args) -> int:
     from retrieval_kd.cli.train_cmd import parse_overrides
     from retrieval_kd.pipeline import Pipeline, load_pipeline_config
 
-    config = load_pipeline_config(args.config, parse_overrides(args.overrides))
+    config = load_pipeline_config(args.config, parse_overrides(args.overrides), dataset=args.dataset)
     pipe = Pipeline(config)
     for name in [*args.force, *([args.until] if args.until else [])]:
         pipe.stage(name)  # an unknown stage name fails now, dry run or not (KeyError naming the stages)

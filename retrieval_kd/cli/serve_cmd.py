@@ -87,6 +87,9 @@ def add_parser(sub) -> None:
                    help="torch and FAISS threads per search (default 1: concurrency comes from micro-batching, and "
                         "the event loop needs a core; on a busy 2-core machine torch's default of all cores ran a "
                         "MiniLM query in 100-400 ms against 12 ms on one thread; 0: their default)")
+    p.add_argument("--encoding", default=None,
+                   help="query encoder backend of the dense and sparse indexes (torch, torch-bf16, onnx, onnx-int8, "
+                        "openvino, auto; default: torch; see README, Encoding backends)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs time per request)")
     p.add_argument("--no-warmup", action="store_true", help="skip the one-query warm-up of each index at start")
     p.set_defaults(func=_serve)
@@ -113,7 +116,7 @@ def _serve(args) -> int:
         faiss.omp_set_num_threads(args.threads)
     sock = bind(args.host, args.port)  # before the indexes load: a taken port fails at once
     try:
-        indexes = {name: Retriever(folder, **_dense_options(folder, args), cache_queries=False)
+        indexes = {name: Retriever(folder, **_dense_options(folder, args), encoding=args.encoding, cache_queries=False)
                    for name, folder in args.indexes}
         app = create_app(indexes, dict(args.hybrid), config, warmup=not args.no_warmup)
     except BaseException:

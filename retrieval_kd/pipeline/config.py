@@ -17,6 +17,15 @@ Example (``configs/pipeline/scifact-demo.yaml`` is the full one)::
       dense: {config: configs/dense/scifact-demo.yaml}
       sparse: {config: configs/sparse/scifact-demo.yaml, set: {training.num_train_epochs: 1}}
     index: {nlist: 64, nprobe: 8, bytes: [48, 16]}
+
+Without labels (``configs/pipeline/label-free.yaml``), a ``queries`` section makes the training queries from the
+corpus (:class:`QueriesConfig`) and the collection needs no training split, only its test split::
+
+    queries: {source: crop, method: sentence, per_document: 2, max_queries: 3000,
+              filters: {round_trip: bm25, round_trip_k: 5}, positives: teacher}
+    teachers: {members: [bm25, "bi-encoder:sentence-transformers/all-MiniLM-L6-v2"], fit_weights: false}
+
+``rkd pipeline CONFIG --dataset PATH`` runs a config on another collection (:func:`load_pipeline_config`).
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ from retrieval_kd.index.dense import INDEX_TYPES as _INDEX_KINDS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalSet", "PipelineConfig", "load_pipeline_config", "check_dataset_ref", "check_split"]
+__all__ = ["EvalSet", "PipelineConfig", "QueriesConfig", "collection_name", "load_pipeline_config", "check_dataset_ref",
+           "check_split", "needs_train_split"]
 
 
 @dataclass
@@ -83,6 +93,105 @@ class TeachersConfig:
     fit_weights: bool = True
     fit_step: float = 0.1
     rerank_depth: int = 100
+
+
+@dataclass
+class QueryFiltersSection:
+    """Filters of the made-up queries (:class:`retrieval_kd.queries.QueryFilters`), cheap ones first.
+
+    ``min_words`` / ``max_words``: length limits in words; ``dedupe``: drop queries equal once normalised;
+    ``round_trip``: ``bm25`` or a SentenceTransformer that must rank a query's source document in its top
+    ``round_trip_k`` (null: off).
+    """
+
+    min_words: int = 1
+    max_words: int | None = None
+    dedupe: bool = True
+    round_trip: str | None = None
+    round_trip_k: int = 1
+
+
+@dataclass
+class QueriesConfig:
+    """Where the training queries come from (issue 19: distillation without human labels).
+
+    ``source``: ``split`` (the ``train_split``'s judged queries and qrels: labelled distillation, the default),
+    ``crop`` (cut from the documents, no model: :func:`retrieval_kd.queries.crop_queries`), ``generate`` (a
+    language model writes them: :func:`retrieval_kd.queries.generate_queries`, resumable) or ``import`` (a file
+    made elsewhere: :func:`retrieval_kd.queries.import_queries`). Made-up queries are written to
+    ``<work>/queries/queries.jsonl`` with their provenance sidecar by the ``queries`` stage; the training
+    candidates are their BM25 (+ dense) top-k plus each query's source document.
+
+    Keys of every made-up source: ``filters`` (:class:`QueryFiltersSection`), ``positives`` (``source``: the
+    document a query was made from, as GPL; ``teacher`` / ``teacher-topN``: the ensemble's top 1 / N candidates;
+    ``both``), ``mix_labeled`` (also train on the ``train_split``'s judged queries with their qrels),
+    ``max_queries`` (a sample of at most this many of the filtered queries, seeded by ``seed``), ``seed``,
+    ``id_prefix`` (query ids ``<prefix>-<doc>-<n>``).
+
+    ``crop``: ``method`` (``title``, ``sentence`` = inverse cloze task, ``span`` = Contriever cropping),
+    ``per_document``, ``remove_sentence``, ``span_ratio``, ``min_span_words``, ``max_span_words``,
+    ``max_documents``, ``skip_empty``.
+
+    ``generate``: ``model`` (a causal LM, few-shot prompted, or a seq2seq doc2query model), ``examples`` (JSON
+    lines ``{"document", "query"}``, 1-8), ``prompt``, ``per_document``, ``batch_size``, ``max_new_tokens``,
+    ``max_document_tokens``, ``temperature``, ``top_p``, ``top_k``, ``chat_template``, ``device``, ``dtype``,
+    ``max_documents``, ``skip_empty``.
+
+    ``import``: ``path`` (a BEIR generated-queries file, a GPL data folder or a TSV), ``format`` (``auto``,
+    ``beir``, ``gpl``, ``tsv``), ``prefix`` (GPL's file prefix).
+    """
+
+    source: str = "split"
+    # made-up queries, every source
+    filters: QueryFiltersSection = field(default_factory=QueryFiltersSection)
+    positives: str = "source"
+    mix_labeled: bool = False
+    max_queries: int | None = None
+    seed: int = 0
+    id_prefix: str | None = None
+    # crop and generate
+    per_document: int | None = None
+    max_documents: int | None = None
+    skip_empty: bool = True
+    # crop
+    method: str = "sentence"
+    remove_sentence: float = 0.0
+    span_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    min_span_words: int = 1
+    max_span_words: int | None = None
+    # generate
+    model: str | None = None
+    examples: str | None = None
+    prompt: str | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    max_document_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int | None = None
+    chat_template: bool = True
+    device: str | None = None
+    dtype: str = "float32"
+    # import
+    path: str | None = None
+    format: str = "auto"
+    prefix: str = "qgen"
+
+    @property
+    def made_up(self) -> bool:
+        """Whether the training queries are made from the corpus (a ``queries`` stage runs)."""
+        return self.source != "split"
+
+
+_QUERY_KEYS = {
+    "split": {"source"},
+    "crop": {"method", "per_document", "remove_sentence", "span_ratio", "min_span_words", "max_span_words",
+             "max_documents", "skip_empty"},
+    "generate": {"model", "examples", "prompt", "per_document", "batch_size", "max_new_tokens", "max_document_tokens",
+                 "temperature", "top_p", "top_k", "chat_template", "device", "dtype", "max_documents", "skip_empty"},
+    "import": {"path", "format", "prefix"},
+}
+_MADE_UP_KEYS = {"source", "filters", "positives", "mix_labeled", "max_queries", "seed", "id_prefix"}
 
 
 @dataclass
@@ -137,6 +246,7 @@ class PipelineConfig:
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "mrr@10", "recall@100"])
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    queries: QueriesConfig = field(default_factory=QueriesConfig)
     students: StudentsConfig = field(default_factory=StudentsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     retrieve_top_k: int = 1000
@@ -145,6 +255,7 @@ class PipelineConfig:
     expected_minutes: float | None = None
     output_root: str = "experiments"
     source: str | None = None  # the file it was read from (set by the loader)
+    on_dataset: str | None = None  # rkd pipeline --dataset (set by the loader)
 
     @property
     def work_dir(self) -> Path:
@@ -153,6 +264,7 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("source")
+        out.pop("on_dataset")
         return out
 
 
@@ -227,10 +339,11 @@ def _build(cls, values: Any, where: str, key: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {key or 'config'} must be a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known) - {"source"})
+    internal = {"source", "on_dataset"} if cls is PipelineConfig else set()  # set by the loader, not file keys
+    unknown = sorted(set(values) - set(known) - internal)
     if unknown:
         raise ConfigError(f"{where}: unknown key {'.'.join(filter(None, [key, unknown[0]]))!r} "
-                          f"(known: {', '.join(k for k in known if k != 'source')})")
+                          f"(known: {', '.join(k for k in known if k not in internal)})")
     missing = [f.name for f in known.values() if f.name not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -239,7 +352,7 @@ def _build(cls, values: Any, where: str, key: str):
     kwargs = {}
     for name, value in values.items():
         dotted = ".".join(filter(None, [key, name]))
-        if name == "source":
+        if name in internal:
             continue
         if name == "eval" and cls is PipelineConfig:
             if isinstance(value, (str, dict)):
@@ -319,11 +432,41 @@ def _number(value, where: str, key: str, kind=int, minimum=1):
     return kind(value)
 
 
-def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | None = None) -> PipelineConfig:
+def collection_name(ref: str) -> str:
+    """A folder-safe short name of a dataset reference: a BEIR folder's basename, a registered name, an ``irds:``
+    id with ``/`` as ``-``."""
+    base = ref.removeprefix("irds:").rstrip("/\\")
+    if not ref.startswith("irds:"):
+        base = Path(base).name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "dataset"
+
+
+def _on_dataset(values: dict, dataset: str) -> None:
+    """``values`` made to run on ``dataset``: it replaces ``dataset``, its test split replaces ``eval``, and the
+    experiment folder becomes ``<name>-<collection name>``."""
+    try:
+        check_dataset_ref(dataset)
+    except ValueError as exc:
+        raise ConfigError(f"--dataset: {exc}") from None
+    splits = dataset_splits(dataset)
+    if "test" not in splits:
+        raise ConfigError(f"--dataset {dataset}: no test split to evaluate on (its qrels splits: "
+                          f"{', '.join(splits) or 'none'}); a BEIR folder needs qrels/test.tsv")
+    short = collection_name(dataset)
+    values["dataset"] = dataset
+    values["eval"] = [{"dataset": dataset, "split": "test", "name": f"{short}-test", "corpus": short}]
+    values["name"] = f"{values['name']}-{short}"
+
+
+def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | None = None,
+                         dataset: str | None = None) -> PipelineConfig:
     """Read and validate a pipeline config (YAML path or mapping).
 
     Checks: required keys, unknown keys, dataset references resolvable offline, teacher specs parseable (no model
-    is loaded), student configs loadable, index types and sizes. ``overrides``: dotted keys set after loading.
+    is loaded), student configs loadable, index types and sizes, the training queries' section, and that the
+    training split exists where something needs it. ``overrides``: dotted keys set after loading. ``dataset``:
+    run the config on that collection (``rkd pipeline --dataset``): it replaces ``dataset``, its ``test`` split
+    replaces ``eval``, and the experiment is ``<name>-<collection name>``.
     """
     from retrieval_kd.utils.yaml_config import read_config
 
@@ -339,13 +482,128 @@ def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | Non
     for required in ("name", "dataset"):
         if not values.get(required):
             raise ValueError(f"{where}: missing required key {required!r}")
+    if dataset is not None:
+        _on_dataset(values, str(dataset))
     config = _build(PipelineConfig, values, where, "")
     config.source = None if isinstance(source, dict) else str(source)
-    _validate(config, where)
+    config.on_dataset = None if dataset is None else str(dataset)
+    raw_queries = values.get("queries")
+    _validate(config, where, set(raw_queries) if isinstance(raw_queries, dict) else set())
     return config
 
 
-def _validate(config: PipelineConfig, where: str) -> None:
+def needs_train_split(config: PipelineConfig) -> list[str]:
+    """What in ``config`` reads the ``train_split``'s judgements, in words (empty: the config runs on a collection
+    that has only a test split)."""
+    q, tc = config.queries, config.teachers
+    reasons = []
+    if not q.made_up:
+        reasons.append("queries.source split (the default) trains on its judged queries; make the training queries "
+                       "from the corpus instead (queries.source: crop, generate or import)")
+    elif q.mix_labeled:
+        reasons.append("queries.mix_labeled adds its judged queries; set it to false")
+    if tc.fit_weights and tc.weights is None and len(tc.members) > 1:
+        reasons.append("teachers.fit_weights: ensemble weights can only be fitted on labels; set "
+                       "teachers.fit_weights: false (equal weights) or give teachers.weights")
+    return reasons
+
+
+def config_path(config: PipelineConfig, value: str) -> Path:
+    """A path of the config: as given when it exists (or is absolute), else relative to the config's folder."""
+    path = Path(value)
+    if not path.is_absolute() and not path.exists() and config.source:
+        beside = Path(config.source).parent / path
+        if beside.exists():
+            return beside
+    return path
+
+
+def _validate_queries(config: PipelineConfig, given: set[str], where: str) -> None:
+    """The ``queries`` section: its source, the keys that source takes, and their values (no model is loaded)."""
+    from retrieval_kd.queries import CROP_METHODS, IMPORT_FORMATS, QueryFilters
+    from retrieval_kd.queries.pseudo_qrels import parse_positive
+
+    q = config.queries
+    if q.source not in _QUERY_KEYS:
+        raise ConfigError(f"{where}: queries.source must be one of {', '.join(_QUERY_KEYS)}, got {q.source!r}")
+    allowed = _QUERY_KEYS[q.source] | (_MADE_UP_KEYS if q.made_up else set())
+    extra = sorted(given - allowed)
+    if extra:
+        owners = [s for s, keys in _QUERY_KEYS.items() if extra[0] in keys and s != "split"]
+        if not q.made_up:
+            why = ("is for queries made from the corpus; queries.source split trains on train_split's queries and "
+                   "qrels (set queries.source: crop, generate or import)")
+        else:
+            why = f"is a key of queries.source {' or '.join(owners)}, not of {q.source}"
+        raise ConfigError(f"{where}: queries.{extra[0]} {why}")
+    if not q.made_up:
+        return
+    if q.positives == "qrels":
+        raise ConfigError(f"{where}: queries.positives qrels: made-up queries have no judgements; use source, "
+                          "teacher, teacher-topN or both")
+    try:
+        parse_positive(q.positives)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: queries.positives: {exc}") from None
+    f = q.filters
+    try:
+        QueryFilters(f.min_words, f.max_words, f.dedupe, f.round_trip, f.round_trip_k)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: queries.filters: {exc}") from None
+    if f.round_trip not in (None, "bm25"):
+        _warn_unavailable(f.round_trip, where, "queries.filters.round_trip")
+    for key in ("max_queries", "max_documents", "per_document"):
+        if getattr(q, key) is not None and getattr(q, key) < 1:
+            raise ConfigError(f"{where}: queries.{key} must be >= 1 (or null), got {getattr(q, key)}")
+    if q.id_prefix is not None and (not q.id_prefix or len(q.id_prefix.split()) != 1 or q.id_prefix != q.id_prefix.strip()):
+        raise ConfigError(f"{where}: queries.id_prefix {q.id_prefix!r} must be a word without spaces (it starts "
+                          "every query id)")
+    if q.source == "crop":
+        if q.method not in CROP_METHODS:
+            raise ConfigError(f"{where}: queries.method must be one of {', '.join(CROP_METHODS)}, got {q.method!r}")
+        if not 0 <= q.remove_sentence <= 1:
+            raise ConfigError(f"{where}: queries.remove_sentence must be a probability in [0, 1], got "
+                              f"{q.remove_sentence}")
+        if len(q.span_ratio) != 2 or not 0 < q.span_ratio[0] <= q.span_ratio[1] <= 1:
+            raise ConfigError(f"{where}: queries.span_ratio must be [low, high] with 0 < low <= high <= 1, got "
+                              f"{q.span_ratio}")
+        if q.min_span_words < 1 or (q.max_span_words is not None and q.max_span_words < q.min_span_words):
+            raise ConfigError(f"{where}: queries.min_span_words must be >= 1 and max_span_words >= it (got "
+                              f"{q.min_span_words}, {q.max_span_words})")
+    elif q.source == "generate":
+        from retrieval_kd.queries import QueryGenerator, read_examples
+
+        if not q.model:
+            raise ConfigError(f"{where}: queries.model: source generate needs a model (a causal LM such as "
+                              "Qwen/Qwen2.5-7B-Instruct, or a doc2query model such as BeIR/query-gen-msmarco-t5-base-v1)")
+        if q.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"{where}: queries.dtype must be float32, bfloat16 or float16, got {q.dtype!r}")
+        if q.batch_size < 1:
+            raise ConfigError(f"{where}: queries.batch_size must be >= 1, got {q.batch_size}")
+        if q.examples is not None:
+            path = config_path(config, q.examples)
+            if not path.is_file():
+                raise ConfigError(f"{where}: queries.examples: {path}: no such file")
+            try:
+                read_examples(path)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: queries.examples: {exc}") from None
+        try:  # its own range checks; no model is loaded
+            QueryGenerator(q.model, [], q.prompt or "-", q.per_document or 3, q.max_new_tokens, q.temperature,
+                           q.top_p, q.top_k, q.max_document_tokens)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: queries: {exc}") from None
+        _warn_unavailable(q.model, where, "queries.model")
+    else:  # import
+        if not q.path:
+            raise ConfigError(f"{where}: queries.path: source import needs the file (or GPL folder) to import")
+        if not config_path(config, q.path).exists():
+            raise ConfigError(f"{where}: queries.path: {config_path(config, q.path)}: no such file or folder")
+        if q.format not in IMPORT_FORMATS:
+            raise ConfigError(f"{where}: queries.format must be one of {', '.join(IMPORT_FORMATS)}, got {q.format!r}")
+
+
+def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = frozenset()) -> None:
     from retrieval_kd.eval import validate_metrics
     from retrieval_kd.teachers import parse_teacher
 
@@ -354,10 +612,16 @@ def _validate(config: PipelineConfig, where: str) -> None:
         check_dataset_ref(config.dataset)
     except ValueError as exc:
         raise ConfigError(f"{where}: dataset: {exc}") from None
-    try:
-        check_split(config.dataset, config.train_split)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: train_split: {exc}") from None
+    _validate_queries(config, queries_keys, where)
+    splits = dataset_splits(config.dataset)
+    if config.train_split not in splits:
+        reasons = needs_train_split(config)
+        if reasons:  # one line, before any work
+            raise ConfigError(f"{where}: train_split: dataset {config.dataset!r} has no split {config.train_split!r} "
+                              f"(its qrels splits: {', '.join(splits) or 'none'}); needed by "
+                              + "; and by ".join(reasons))
+        logger.info("%s: dataset %s has no split %r; nothing here needs it (label-free)", where, config.dataset,
+                    config.train_split)
     if not config.eval:
         raise ValueError(f"{where}: eval lists no test collection")
     names = [e.name for e in config.eval]
@@ -505,8 +769,14 @@ def student_config(config: PipelineConfig, kind: str):
     }
     if kind == "sparse":
         forced["idf_file"] = str(work / "models" / "sparse-idf.json")
+    q = config.queries
+    if q.made_up:  # the queries stage's query set; positives and mixing as the section says unless `set:` does
+        forced["data.queries"] = str(work / "queries" / "queries.jsonl")
     overrides = {**dict(section.set), **forced}
     overrides.setdefault("data.teacher", "ensemble")
+    if q.made_up:
+        overrides.setdefault("data.positives", q.positives)
+        overrides.setdefault("data.mix_labeled", q.mix_labeled)
     for key in forced:
         if key in section.set and section.set[key] != forced[key]:
             raise ValueError(f"set: {key} is decided by the pipeline ({forced[key]})")

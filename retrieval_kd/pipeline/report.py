@@ -15,7 +15,7 @@ from retrieval_kd.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_report", "quality_table", "system_label"]
+__all__ = ["write_report", "quality_table", "system_label", "training_queries_line"]
 
 _KINDS = {"flat": "flat (exact)", "hnsw": "HNSW32", "pq": "FAISS PQ", "ivfpq": "FAISS IVFPQ",
           "opq-ivfpq": "FAISS OPQ+IVFPQ", "distill-vq": "Distill-VQ (IVFPQ)"}
@@ -186,6 +186,24 @@ def _loss_plot(work: Path, logs: dict) -> Path | None:
     return path
 
 
+def training_queries_line(info: dict, trained: int | None = None) -> str:
+    """Which queries trained a student, in words, from its stage summary's ``queries`` entry: the split's, or a
+    made-up set (source, method, counts kept and dropped from its sidecar, positives, file)."""
+    used = f"; {trained} queries with teacher-scored pairs trained on (dev held out)" if trained is not None else ""
+    if info.get("source") == "split":
+        return f"the {info.get('split')!r} split's judged queries, positives {info.get('positives')}{used}"
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted((info.get("dropped") or {}).items())) or "none"
+    made = info.get("candidates")
+    docs = info.get("documents")
+    text = (f"{info.get('kept')} made-up queries, source {info.get('source')} ({info.get('method')}): kept "
+            f"{info.get('kept')} of {made if made is not None else '?'}"
+            + (f" made from {docs} documents" if docs is not None else "")
+            + f" (dropped: {dropped}); positives {info.get('positives')}")
+    if info.get("mix_labeled"):
+        text += f", mixed with the {info.get('split')!r} split's judged queries and qrels"
+    return text + f"{used}; `{info.get('file')}`"
+
+
 def write_report(work: Path, config: PipelineConfig) -> Path:
     """Write ``report.md`` and the plots under ``work``; returns the report's path."""
     from retrieval_kd.data.formats import atomic_write
@@ -203,7 +221,8 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
     lines = [f"# {config.name}", ""]
     if config.description:
         lines += [config.description.strip(), ""]
-    lines += [f"Command: `rkd pipeline {config.source or '<config>'}`; written {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+    on = f" --dataset {config.on_dataset}" if config.on_dataset else ""
+    lines += [f"Command: `rkd pipeline {config.source or '<config>'}{on}`; written {time.strftime('%Y-%m-%d %H:%M %Z')}.",
               f"Config sized for: {config.hardware or 'unspecified'}"
               + (f", about {config.expected_minutes:g} minutes." if config.expected_minutes else "."), ""]
     lines += ["## Quality", ""]
@@ -239,14 +258,18 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
         if teach.get("fitted_on"):
             lines.append(f"- weights fitted on {teach['fitted_on']} (nDCG@10 there {teach['fitted_ndcg@10']:.4f}); "
                          f"normalisation {config.teachers.normalization}")
+        elif not weights and len(teach.get("members", [])) > 1:
+            lines.append(f"- equal weights (none fitted: no labels used); normalisation {config.teachers.normalization}")
         lines.append("")
     lines += ["## Students", ""]
     for kind in ("dense", "sparse"):
         s = (markers.get(f"train-{kind}") or {}).get("summary")
         if s:
             lines.append(f"- {kind}: {s.get('steps')} steps, final training loss {s.get('train_loss', float('nan')):.4f}, "
-                         f"{s.get('train_seconds')} s, teacher `{s.get('teacher')}`"
+                         f"trained in {s.get('train_seconds')} s, teacher `{s.get('teacher')}`"
                          + (f", resumed from {s['resumed_from']}" if s.get("resumed_from") else ""))
+            if s.get("queries"):
+                lines.append(f"  - training queries: {training_queries_line(s['queries'], s.get('train_queries'))}")
     if loss_plot:
         lines += ["", f"![training loss](plots/{loss_plot.name})"]
     lines += ["", "## Stages", "", "| stage | seconds | fingerprint |", "|---|---:|---|"]

@@ -11,6 +11,7 @@ dependencies are the ones this pipeline has.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retrieval_kd.pipeline import stages as st
-from retrieval_kd.pipeline.config import PipelineConfig, student_config
+from retrieval_kd.pipeline.config import PipelineConfig, config_path, student_config
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,31 @@ class Stage:
     upstream: list[str]
     outputs: list[Path]
     inputs: list[str] = field(default_factory=list)
+
+
+def _queries_inputs(cfg: PipelineConfig) -> list[str]:
+    q = cfg.queries
+    if q.source == "generate":
+        return [f"model {q.model}", *([str(config_path(cfg, q.examples))] if q.examples else [])]
+    if q.source == "import":
+        return [str(config_path(cfg, q.path))]
+    return []
+
+
+def _file_identities(cfg: PipelineConfig) -> dict:
+    """What the queries stage reads besides the corpus, by content (examples) or size and time (an imported file,
+    possibly large; a GPL folder by its files), so replacing the file re-runs the stage."""
+    from retrieval_kd.utils.fs import sha256_file
+
+    q, out = cfg.queries, {}
+    if q.source == "generate" and q.examples and config_path(cfg, q.examples).is_file():
+        out["examples"] = sha256_file(config_path(cfg, q.examples))
+    if q.source == "import" and q.path:
+        path = config_path(cfg, q.path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        out["path"] = [[str(p.relative_to(path)) if path.is_dir() else p.name, p.stat().st_size,
+                        p.stat().st_mtime_ns] for p in files if p.exists()]
+    return out
 
 
 class Pipeline:
@@ -59,12 +85,23 @@ class Pipeline:
     def _build(self) -> list[Stage]:
         cfg, work = self.config, self.config.work_dir
         evals = [{"dataset": e.dataset, "split": e.split, "name": e.name, "corpus": e.corpus} for e in cfg.eval]
-        stages = [
-            Stage("mine", st.mine, {"dataset": cfg.dataset, "split": cfg.train_split,
-                                   "candidates": vars(cfg.candidates), "eval": evals, "top_k": cfg.retrieve_top_k},
-                  [], st.mine_outputs(cfg),
-                  [f"dataset {cfg.dataset} ({cfg.train_split})", *[f"dataset {e['dataset']} ({e['split']})"
-                                                                  for e in evals]]),
+        q = cfg.queries
+        stages, mine_params, first = [], {"dataset": cfg.dataset, "split": cfg.train_split,
+                                          "candidates": vars(cfg.candidates), "eval": evals,
+                                          "top_k": cfg.retrieve_top_k}, []
+        train_input = f"dataset {cfg.dataset} ({cfg.train_split})"
+        if q.made_up:  # made-up training queries: a stage of their own, first; its section in every fingerprint
+            stages.append(Stage("queries", st.make_queries, {"dataset": cfg.dataset, "queries": dataclasses.asdict(q),
+                                                            "files": _file_identities(cfg)},
+                                [], st.queries_outputs(cfg), [f"dataset {cfg.dataset} (corpus)",
+                                                              *_queries_inputs(cfg)]))
+            mine_params["queries"] = dataclasses.asdict(q)  # (absent for the split: older fingerprints hold)
+            first = ["queries"]
+            train_input = str(st.queries_file(cfg)) + (f" + dataset {cfg.dataset} ({cfg.train_split})"
+                                                        if st.labeled_too(cfg) else "")
+        stages += [
+            Stage("mine", st.mine, mine_params, first, st.mine_outputs(cfg),
+                  [train_input, *[f"dataset {e['dataset']} ({e['split']})" for e in evals]]),
             Stage("teach", st.teach, {"teachers": vars(cfg.teachers)}, ["mine"], st.teach_outputs(cfg),
                   [str(work / "candidates" / "train.run"), *cfg.teachers.members]),
         ]
@@ -80,7 +117,7 @@ class Pipeline:
         stages += [
             Stage("index", st.build_indexes, {"index": {k: v for k, v in vars(cfg.index).items()
                                                        if k not in ("nprobe", "speed_nprobe", "threads")},
-                                             "eval": evals}, trained, st.index_outputs(cfg),
+                                             "eval": evals}, [*first, *trained], st.index_outputs(cfg),
                   [str(work / "models" / k.split("-")[1]) for k in trained]),
             Stage("retrieve", st.retrieve, {"top_k": cfg.retrieve_top_k, "nprobe": cfg.index.nprobe,
                                            "speed_nprobe": cfg.index.speed_nprobe}, ["index"],

@@ -1,10 +1,13 @@
-"""The pipeline's stages, in order: mine -> teach -> train-dense -> train-sparse -> index -> retrieve -> evaluate
--> report. Each is a function of a :class:`Context` that writes its outputs under the experiment folder and
-returns a JSON summary (kept in the stage's marker file, ``stages/<name>.json``).
+"""The pipeline's stages, in order: [queries ->] mine -> teach -> train-dense -> train-sparse -> index -> retrieve
+-> evaluate -> report. Each is a function of a :class:`Context` that writes its outputs under the experiment folder
+and returns a JSON summary (kept in the stage's marker file, ``stages/<name>.json``). The ``queries`` stage runs
+only when the training queries are made from the corpus (``queries.source`` crop, generate or import).
 
 Layout of ``experiments/<name>/``::
 
-    candidates/train.run            BM25 (+ dense) top-k of the training queries, plus their judged positives
+    queries/queries.jsonl           made-up training queries (+ queries.provenance.json: sources, counts, filters)
+    candidates/train.run            BM25 (+ dense) top-k of the training queries, plus their judged positives (made-up
+                                    queries: their source documents)
     scores/                         score store of the training candidates (every member + the ensemble)
     scores-eval/<eval>/             score store of the eval sets' BM25 top-k (teachers as rerankers, report only)
     models/dense, models/sparse     the students (SentenceTransformer / SparseEncoder folders)
@@ -27,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_kd.data.formats import atomic_write
-from retrieval_kd.pipeline.config import PipelineConfig, student_config
+from retrieval_kd.pipeline.config import PipelineConfig, config_path, student_config
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Context", "STAGE_ORDER"]
 
-STAGE_ORDER = ("mine", "teach", "train-dense", "train-sparse", "index", "retrieve", "evaluate", "report")
+STAGE_ORDER = ("queries", "mine", "teach", "train-dense", "train-sparse", "index", "retrieve", "evaluate", "report")
 
 
 @dataclass
@@ -74,18 +77,115 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
 
 
+# ------------------------------------------------------------------------------------------------------ queries
+def queries_file(cfg: PipelineConfig) -> Path:
+    """Where the ``queries`` stage writes the made-up training queries (the sidecar lies beside it)."""
+    return cfg.work_dir / "queries" / "queries.jsonl"
+
+
+def make_queries(ctx: Context) -> dict:
+    """The made-up training queries of ``queries.source`` (crop, generate, import), filtered and capped at
+    ``max_queries``, written to ``queries/queries.jsonl`` with their provenance sidecar (both atomically).
+
+    Generation writes the unfiltered queries to ``queries/generated.jsonl`` first, resumably (finished batches
+    are kept in ``generated.jsonl.parts/``; a rerun with the same settings reuses the file), so a change of the
+    filters or of the cap filters again without generating again."""
+    from retrieval_kd.queries import (
+        QueryFilters,
+        QueryGenerator,
+        apply_filters,
+        crop_queries,
+        generate_queries,
+        import_queries,
+        read_examples,
+        sample_queries,
+        write_query_set,
+    )
+    from retrieval_kd.queries.examples import DEFAULT_PROMPT
+
+    cfg, q = ctx.config, ctx.config.queries
+    coll = ctx.collection(cfg.dataset)
+    out = queries_file(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    f = q.filters
+    filters = QueryFilters(f.min_words, f.max_words, f.dedupe, f.round_trip, f.round_trip_k)
+    if q.source == "crop":
+        made = crop_queries(coll, q.method, q.per_document or 1, q.seed, remove_sentence=q.remove_sentence,
+                            span_ratio=tuple(q.span_ratio), min_span_words=q.min_span_words,
+                            max_span_words=q.max_span_words, max_documents=q.max_documents, skip_empty=q.skip_empty,
+                            id_prefix=q.id_prefix)
+    elif q.source == "generate":
+        examples = read_examples(config_path(cfg, q.examples)) if q.examples else None
+        generator = QueryGenerator(q.model, examples, q.prompt or DEFAULT_PROMPT, q.per_document or 3,
+                                   q.max_new_tokens, q.temperature, q.top_p, q.top_k, q.max_document_tokens,
+                                   q.chat_template, q.device, q.dtype)
+        made = generate_queries(generator, coll, out.with_name("generated.jsonl"), q.batch_size, q.seed,
+                                q.max_documents, q.skip_empty, id_prefix=q.id_prefix or "gen")
+    else:
+        made = import_queries(config_path(cfg, q.path), coll, q.format, q.prefix, q.id_prefix or "gen")
+    kept = sample_queries(apply_filters(made, filters, coll), q.max_queries, q.seed)
+    kept.provenance.update(filter_settings=filters.settings(), max_queries=q.max_queries)
+    write_query_set(kept, out)
+    logger.info("queries: kept %d of %d %s queries", len(kept), kept.counts.get("candidates", len(kept)),
+                kept.method)
+    return {"file": str(out), "source": q.source, "method": kept.method, "queries": len(kept),
+            "counts": kept.counts}
+
+
+def queries_outputs(cfg: PipelineConfig) -> list[Path]:
+    from retrieval_kd.queries import sidecar_path
+
+    return [queries_file(cfg), sidecar_path(queries_file(cfg))]
+
+
+def _query_set(ctx: Context):
+    """The ``queries`` stage's query set, checked against the training corpus."""
+    from retrieval_kd.queries import read_query_set
+
+    made = read_query_set(queries_file(ctx.config))
+    made.check_corpus(ctx.collection(ctx.config.dataset), str(queries_file(ctx.config)))
+    return made
+
+
+def labeled_too(cfg: PipelineConfig) -> bool:
+    """Whether, besides made-up queries, the ``train_split``'s judged queries get candidates and teacher scores:
+    they join the training (``queries.mix_labeled``) or the ensemble's weights are fitted on them."""
+    q, tc = cfg.queries, cfg.teachers
+    return q.made_up and (q.mix_labeled or (tc.fit_weights and tc.weights is None and len(tc.members) > 1))
+
+
 # ------------------------------------------------------------------------------------------------------ mine
 def mine(ctx: Context) -> dict:
-    """Training candidates (with positives) and BM25 top-``retrieve_top_k`` of every eval set (its first system)."""
+    """Training candidates (with positives) and BM25 top-``retrieve_top_k`` of every eval set (its first system).
+
+    Made-up training queries (the ``queries`` stage) get their top-k plus their source document; the training
+    split's judged queries join, with their judged positives, where they are trained on or fit the weights."""
     from retrieval_kd.data import write_run
+    from retrieval_kd.errors import ConfigError
     from retrieval_kd.search import bm25_index_for
     from retrieval_kd.teachers import mine_candidates
 
     cfg = ctx.config
     train = ctx.collection(cfg.dataset)
-    cands = mine_candidates(train, cfg.train_split, k=cfg.candidates.top_k, sources=tuple(cfg.candidates.sources))
+    k, sources = cfg.candidates.top_k, tuple(cfg.candidates.sources)
+    summary: dict = {}
+    if cfg.queries.made_up:
+        made = _query_set(ctx)
+        cands = mine_candidates(train, None, k=k, sources=sources, queries=made.queries,
+                                positives={qid: {doc: 1} for qid, doc in made.sources.items()})
+        summary["made_up_queries"] = len(cands)
+        if labeled_too(cfg):
+            labeled = mine_candidates(train, cfg.train_split, k=k, sources=sources)
+            clash = sorted(set(labeled) & set(cands))
+            if clash:
+                raise ConfigError(f"queries: made-up query id {clash[0]!r} is also a query of split "
+                                  f"{cfg.train_split!r}; give the made-up queries another queries.id_prefix")
+            cands.update(labeled)
+            summary["labeled_queries"] = len(labeled)
+    else:
+        cands = mine_candidates(train, cfg.train_split, k=k, sources=sources)
     write_run(cands, ctx.work / "candidates" / "train.run", tag="candidates")
-    summary = {"train_queries": len(cands), "train_pairs": sum(len(v) for v in cands.values()), "eval": {}}
+    summary.update(train_queries=len(cands), train_pairs=sum(len(v) for v in cands.values()), eval={})
     for ev in cfg.eval:
         coll = ctx.collection(ev.dataset)
         queries = coll.queries(ev.split)
@@ -121,19 +221,24 @@ def teach(ctx: Context) -> dict:
     train = ctx.collection(cfg.dataset)
     cands = read_run(ctx.work / "candidates" / "train.run")
     store = ctx.work / "scores"
+    texts, labeled = None, list(cands)  # None: the collection's query texts
+    if cfg.queries.made_up:
+        texts = dict(_query_set(ctx).queries)
+        labeled = [q for q in cands if q not in texts]  # the split's judged queries (mixed in, or fitting)
+        texts.update({q: train.all_queries[q] for q in labeled})
     members = _members(ctx, cfg.dataset)
     for m in members:
-        score_candidates(m, train, cands, store)
+        score_candidates(m, train, cands, store, queries=texts)
     weights, fitted_value = tc.weights, None
-    if weights is None and tc.fit_weights and len(members) > 1:
-        with ScoreStore(store) as s:  # the current candidates' queries only (the store may hold others)
-            runs = [s.get(m.fingerprint, qids=list(cands)) for m in members]
+    if weights is None and tc.fit_weights and len(members) > 1 and labeled:
+        with ScoreStore(store) as s:  # the judged candidates' queries only (the store may hold others)
+            runs = [s.get(m.fingerprint, qids=labeled) for m in members]
         weights, fitted_value = fit_weights(runs, train.qrels(cfg.train_split), tc.normalization, step=tc.fit_step)
         weights = [round(float(w), 6) for w in weights]
         logger.info("ensemble weights fitted on %s/%s: %s (nDCG@10 there %.4f)", cfg.dataset, cfg.train_split,
                     weights, fitted_value)
     ensemble = EnsembleTeacher(members, weights, normalization=tc.normalization)
-    score_candidates(ensemble, train, cands, store)
+    score_candidates(ensemble, train, cands, store, queries=texts)
     summary = {"members": [m.name for m in members], "fingerprints": [m.fingerprint for m in members],
                "ensemble": ensemble.fingerprint, "weights": weights,
                "fitted_on": f"{cfg.dataset}/{cfg.train_split}" if fitted_value is not None else None,
@@ -168,7 +273,25 @@ def _train(ctx: Context, kind: str) -> dict:
     train = ctx.collection(ctx.config.dataset)
     summary = (train_dense if kind == "dense" else train_sparse)(config, train)
     _write_json(Path(config.output_dir).with_name(f"{kind}-log.json"), summary.get("log_history", []))
-    return {k: v for k, v in summary.items() if k != "log_history"}
+    out = {k: v for k, v in summary.items() if k != "log_history"}
+    out["queries"] = _training_queries_summary(ctx, config)
+    return out
+
+
+def _training_queries_summary(ctx: Context, config) -> dict:
+    """Which queries trained a student (for the report): the split's, or a made-up query set with its counts."""
+    data = config.data
+    if not data.queries:
+        return {"source": "split", "split": data.split, "positives": data.positives}
+    from retrieval_kd.queries import read_query_set
+
+    made = read_query_set(data.queries)
+    counts = made.counts
+    return {"source": ctx.config.queries.source if ctx.config.queries.made_up else "data.queries",
+            "file": str(data.queries), "method": made.method, "kept": len(made),
+            "candidates": counts.get("candidates"), "documents": counts.get("documents"),
+            "dropped": counts.get("dropped") or {}, "positives": data.positives, "mix_labeled": data.mix_labeled,
+            "split": data.split if data.mix_labeled else None}
 
 
 def train_dense_stage(ctx: Context) -> dict:
@@ -220,7 +343,7 @@ def build_indexes(ctx: Context) -> dict:
             train_q = np.zeros((0, docs.shape[1]), dtype=np.float32)
             use_train = ix.distill_vq_queries == "train" or (ix.distill_vq_queries == "auto" and ev.dataset == cfg.dataset)
             if use_train and "distill-vq" in ix.types:
-                train_q = query_embeddings(model, ctx.collection(cfg.dataset).queries(cfg.train_split), max_len)
+                train_q = query_embeddings(model, _index_train_queries(ctx), max_len)
             for name in index_names(cfg):
                 kind, size = (name.rsplit("-", 1) if name not in ("flat", "hnsw") else (name, None))
                 t0 = time.perf_counter()
@@ -248,6 +371,19 @@ def build_indexes(ctx: Context) -> dict:
             rows["sparse"] = _sparse_index(ctx, ev.dataset, out / "sparse")
         summary[ev.corpus] = rows
     return summary
+
+
+def _index_train_queries(ctx: Context) -> dict[str, str]:
+    """Distill-VQ's training queries: the students' own, i.e. the training split's queries, or the made-up
+    queries (with the split's judged ones where ``queries.mix_labeled``): no split is needed without labels."""
+    cfg = ctx.config
+    train = ctx.collection(cfg.dataset)
+    if not cfg.queries.made_up:
+        return train.queries(cfg.train_split)
+    texts = dict(_query_set(ctx).queries)
+    if cfg.queries.mix_labeled:
+        texts.update(train.queries(cfg.train_split))
+    return texts
 
 
 def _sparse_index(ctx: Context, dataset: str, folder: Path) -> dict:

@@ -5,7 +5,7 @@
 * :mod:`~retrieval_kd.queries.crop`: cut from the documents, no model (title, inverse cloze task, Contriever
   cropping);
 * :mod:`~retrieval_kd.queries.importing`: read from BEIR's generated-queries files, GPL's output or a TSV;
-* :mod:`~retrieval_kd.queries.filters`: length limits, duplicates, round-trip consistency;
+* :mod:`~retrieval_kd.queries.filters`: length limits, duplicates, round-trip consistency, a seeded cap;
 * :mod:`~retrieval_kd.queries.pseudo_qrels`: positives without labels (the source document, the teacher's top
   ranked), shaped like qrels for the students' pair building;
 * :mod:`~retrieval_kd.queries.query_set`: the :class:`QuerySet` and its files (``queries.jsonl`` + provenance).
@@ -18,7 +18,7 @@ from __future__ import annotations
 from retrieval_kd.queries.crop import CROP_METHODS, crop_queries, sentence_spans
 from retrieval_kd.queries.documents import DocumentSelection, select_documents
 from retrieval_kd.queries.examples import DEFAULT_EXAMPLES, DEFAULT_PROMPT, Example, read_examples
-from retrieval_kd.queries.filters import QueryFilters, apply_filters, normalise_query
+from retrieval_kd.queries.filters import QueryFilters, apply_filters, normalise_query, sample_queries
 from retrieval_kd.queries.generate import QueryGenerator, clean_query, generate_queries
 from retrieval_kd.queries.importing import IMPORT_FORMATS, import_queries
 from retrieval_kd.queries.pseudo_qrels import pseudo_qrels
@@ -27,4 +27,5 @@ from retrieval_kd.queries.query_set import QuerySet, read_query_set, sidecar_pat
 __all__ = ["CROP_METHODS", "DEFAULT_EXAMPLES", "DEFAULT_PROMPT", "IMPORT_FORMATS", "DocumentSelection", "Example",
            "QueryFilters", "QueryGenerator", "QuerySet", "apply_filters", "clean_query", "crop_queries",
            "generate_queries", "import_queries", "normalise_query", "pseudo_qrels", "read_examples",
-           "read_query_set", "select_documents", "sentence_spans", "sidecar_path", "write_query_set"]
+           "read_query_set", "sample_queries", "select_documents", "sentence_spans", "sidecar_path",
+           "write_query_set"]

@@ -27,7 +27,7 @@ from retrieval_kd.queries.query_set import QuerySet
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QueryFilters", "apply_filters", "normalise_query", "round_trip_hits"]
+__all__ = ["QueryFilters", "apply_filters", "normalise_query", "round_trip_hits", "sample_queries"]
 
 _PUNCT = re.compile(r"[^\w\s]")
 
@@ -122,3 +122,20 @@ def apply_filters(query_set: QuerySet, filters: QueryFilters | None, collection=
         out = _step(out, [q for q in out.queries if q in hits], "round_trip",
                     {"retriever": filters.round_trip, "k": filters.round_trip_k})
     return out
+
+
+def sample_queries(query_set: QuerySet, max_queries: int | None, seed: int = 0) -> QuerySet:
+    """At most ``max_queries`` of ``query_set``: a seeded uniform sample, kept in the set's order (a training
+    budget). Recorded as a ``max_queries`` step (its drop count, 0 when the set is smaller); None: no cap."""
+    if max_queries is None:
+        return query_set
+    if max_queries < 1:
+        raise ConfigError(f"max_queries={max_queries}: keep at least one query (or no cap: None)")
+    ids = list(query_set.queries)
+    keep = ids
+    if len(ids) > max_queries:
+        import numpy as np
+
+        rows = np.sort(np.random.default_rng(seed).choice(len(ids), size=max_queries, replace=False))
+        keep = [ids[int(i)] for i in rows]
+    return _step(query_set, keep, "max_queries", {"max_queries": max_queries, "seed": seed})

@@ -62,6 +62,10 @@ class DataConfig:
             1). Without ``queries``, ``teacher`` takes the split's queries and ignores their judgements.
         mix_labeled: with ``queries``, also train on the split's judged queries with their qrels (labelled +
             generated).
+        exclude_source: with ``queries`` and teacher positives, drop each query's source document from its scored
+            candidates (neither positive nor negative): a cropped query is a substring of its source, so ranking
+            the source first teaches exact lexical matching; the student learns the teacher's ranking of the
+            *other* documents instead (which documents a sentence of one document points to).
     """
 
     dataset: str = "scifact"
@@ -75,6 +79,7 @@ class DataConfig:
     queries: str | None = None
     positives: str = "qrels"
     mix_labeled: bool = False
+    exclude_source: bool = False
 
 
 @dataclass
@@ -347,3 +352,7 @@ def _check_positives(data: DataConfig, where: str) -> None:
                               "data.queries to a queries.jsonl made by `rkd queries`")
     if data.mix_labeled and not data.queries:
         raise ConfigError(f"{where}: data.mix_labeled adds the split's judged queries to data.queries; set it")
+    if data.exclude_source and (not data.queries or data.positives == "qrels"
+                                or parse_positive(data.positives)[0]):
+        raise ConfigError(f"{where}: data.exclude_source drops each made-up query's source from its candidates: it "
+                          "needs data.queries and teacher positives (data.positives teacher or teacher-topN)")

@@ -2,8 +2,9 @@
 
 ``data.queries`` names a query set made by ``rkd queries`` (its sidecar gives each query's source document) and
 ``data.positives`` what the positives are (:func:`retrieval_kd.queries.pseudo_qrels`): the source (GPL), the
-teacher's top-scored candidate(s), or both. Negatives stay the other scored candidates and the label the teacher's
-margin, so pair building (:func:`retrieval_kd.students.data.pair_dataset`) is the labelled path's. With
+teacher's top-scored candidate(s), or both; ``data.exclude_source`` drops the source from the candidates (the
+teacher's ranking of the other documents is learnt). Negatives stay the other scored candidates and the label the
+teacher's margin, so pair building (:func:`retrieval_kd.students.data.pair_dataset`) is the labelled path's. With
 ``data.mix_labeled`` the split's judged queries join with their qrels (labelled + generated). Queries the teacher
 has not scored are left out with a warning naming how many (score them with ``rkd teach`` on the query set).
 """
@@ -80,6 +81,10 @@ def label_free_inputs(data, collection) -> LabelFreeInputs:
         logger.warning("%s: %d of %d training queries have no %s scores and are left out; score their candidates "
                        "with rkd teach", data.store, unscored, len(queries), data.teacher)
     made = {q: s for q, s in run.items() if q not in labeled}
+    if data.exclude_source and query_set is not None:
+        sources = query_set.sources
+        made = {q: {d: v for d, v in s.items() if d != sources.get(q)} for q, s in made.items()}
+        run = {**run, **made}
     qrels = pseudo_qrels(made, query_set.sources if query_set is not None else None, data.positives, level)
     qrels.update({q: labeled[q] for q in run if q in labeled})
     logger.info("label-free data: %d made-up queries with %s positives, %d labelled", len(made), data.positives,

@@ -27,20 +27,23 @@ def mine_bm25(collection, queries: Mapping[str, str], k: int = 100) -> Run:
 
 
 def mine_dense(collection, queries: Mapping[str, str], model: str = "sentence-transformers/all-MiniLM-L6-v2",
-               k: int = 100, chunk_size: int = 10_000, max_seq_length: int = 256, batch_size: int = 32) -> Run:
-    """Top-k by a SentenceTransformer's cosine similarity; cached corpus embeddings searched chunk by chunk."""
+               k: int = 100, chunk_size: int = 10_000, max_seq_length: int = 256, batch_size: int = 32,
+               encoding: str = "torch") -> Run:
+    """Top-k by a SentenceTransformer's cosine similarity; cached corpus embeddings searched chunk by chunk.
+    ``encoding``: the backend of both sides (:mod:`retrieval_kd.encoders.backends`)."""
     import faiss
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     from retrieval_kd.encoders import corpus_embeddings, load_encoder
     from retrieval_kd.search.dense import hits_to_run
 
-    encoder = load_encoder(model, max_seq_length)
+    encoder = load_encoder(model, max_seq_length, encoding=encoding)
     qids = list(queries)
     q = encoder.encode([queries[x] for x in qids], normalize_embeddings=True, batch_size=batch_size)
     doc_ids = collection.corpus.ids
     # cached on disk and memory-mapped: chunks are read one at a time
-    emb = corpus_embeddings(model, collection.corpus, max_seq_length, True, batch_size, encoder=encoder)
+    emb = corpus_embeddings(model, collection.corpus, max_seq_length, True, batch_size, encoder=encoder,
+                            encoding=encoding)
 
     chunks = (np.ascontiguousarray(emb[start:start + chunk_size], dtype=np.float32)
               for start in range(0, len(doc_ids), chunk_size))
@@ -79,7 +82,7 @@ def add_positives(run: Run, qrels: Mapping[str, Mapping[str, int]], min_grade: i
 def mine_candidates(collection, split: str | None, k: int = 100, sources: Sequence[str] = ("bm25",),
                     dense_model: str = "sentence-transformers/all-MiniLM-L6-v2", with_positives: bool = True,
                     min_grade: int | None = None, queries: Mapping[str, str] | None = None,
-                    positives: Mapping[str, Mapping[str, int]] | None = None) -> Run:
+                    positives: Mapping[str, Mapping[str, int]] | None = None, encoding: str = "torch") -> Run:
     """Candidates for the queries judged in ``split``: union of ``sources`` (``bm25``, ``dense``) + positives.
 
     ``queries`` and ``positives`` (qrels-shaped; grade >= 1 counts) replace the split's queries and judgements:
@@ -91,7 +94,7 @@ def mine_candidates(collection, split: str | None, k: int = 100, sources: Sequen
         if source == "bm25":
             runs.append(mine_bm25(collection, queries, k))
         elif source == "dense":
-            runs.append(mine_dense(collection, queries, dense_model, k))
+            runs.append(mine_dense(collection, queries, dense_model, k, encoding=encoding))
         else:
             raise ValueError(f"unknown candidate source {source!r}; use bm25 or dense")
     run = merge_candidates(runs) if len(runs) > 1 else runs[0]

@@ -1,0 +1,217 @@
+"""`rkd pipeline` without labels: the `queries` section (validation, fingerprints), `--dataset`, and a tiny run on a
+BEIR folder that has only a test split, its training queries cropped from the corpus."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from retrieval_kd.errors import ConfigError
+from retrieval_kd.pipeline import Pipeline, load_pipeline_config
+from retrieval_kd.pipeline import stages as st
+from retrieval_kd.queries import QueryGenerator, read_query_set, sidecar_path
+
+from .conftest import ROOT, WORDS, write_jsonl
+from .test_pipeline import _rkd, tiny_pipeline  # noqa: F401 - the fixture
+
+LABEL_FREE = {"source": "crop", "method": "sentence", "per_document": 2, "max_queries": 40,
+              "filters": {"min_words": 2, "round_trip": "bm25", "round_trip_k": 5}, "positives": "teacher"}
+
+
+def _test_only_folder(folder, n_docs: int = 30, seed: int = 0):
+    """A BEIR folder of ``n_docs`` three-sentence documents, 10 test queries (three words of ``d<i>``, its one
+    positive) and nothing else: no training split."""
+    rng = np.random.default_rng(seed)
+    docs = [{"_id": f"d{i}", "title": "",
+             "text": " ".join(" ".join(rng.choice(WORDS, 4)) + "." for _ in range(3))} for i in range(n_docs)]
+    write_jsonl(folder / "corpus.jsonl", docs)
+    write_jsonl(folder / "queries.jsonl", [{"_id": f"q{i}", "text": " ".join(rng.choice(WORDS, 3))}
+                                           for i in range(10)])
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                               + "".join(f"q{i}\td{i}\t1\n" for i in range(10)))
+    return folder
+
+
+@pytest.fixture
+def label_free(tiny_pipeline, tmp_path):  # noqa: F811
+    """The tiny pipeline (tiny models) made label-free: on a test-only folder, crop queries, equal weights."""
+    values = yaml.safe_load(tiny_pipeline.read_text())
+    data = str(_test_only_folder(tmp_path / "testonly"))
+    values.update(name="lf", dataset=data, eval=[{"dataset": data, "split": "test", "name": "lf-test"}],
+                  queries=LABEL_FREE, teachers={**values["teachers"], "fit_weights": False},
+                  index={"types": ["flat"], "nlist": 4, "nprobe": 2, "speed_nprobe": [1]})
+    path = tmp_path / "lf.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _load_with(path, tmp_path, **changes):
+    values = yaml.safe_load(path.read_text())
+    values.update(changes)
+    bad = tmp_path / "changed.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    return load_pipeline_config(bad)
+
+
+def test_bad_queries_sections_name_the_key(label_free, tmp_path):
+    values = yaml.safe_load(label_free.read_text())
+    cases = [
+        ({"source": "web"}, "queries.source must be one of split, crop, generate, import"),
+        ({"source": "crop", "bogus": 1}, "unknown key 'queries.bogus'"),
+        ({"source": "crop", "model": "gpt2"}, "queries.model is a key of queries.source generate, not of crop"),
+        ({"source": "crop", "method": "paragraph"}, "queries.method must be one of title, sentence, span"),
+        ({"source": "crop", "remove_sentence": 1.5}, "queries.remove_sentence"),
+        ({"source": "crop", "max_queries": 0}, "queries.max_queries must be >= 1"),
+        ({"source": "crop", "mix_labeled": "no"}, "queries.mix_labeled must be true or false"),
+        ({"source": "crop", "positives": "qrels"}, "queries.positives qrels: made-up queries have no judgements"),
+        ({"source": "crop", "positives": "teacher-top0"}, "queries.positives: positive 'teacher-top0'"),
+        ({"source": "crop", "filters": {"dedup": True}}, "unknown key 'queries.filters.dedup'"),
+        ({"source": "crop", "filters": {"min_words": 5, "max_words": 2}}, "queries.filters: query length limits"),
+        ({"source": "crop", "filters": {"round_trip_k": 0}}, "queries.filters: round_trip_k=0"),
+        ({"source": "generate"}, "queries.model: source generate needs a model"),
+        ({"source": "generate", "model": "gpt2", "top_p": 2.0}, "queries: sampling needs"),
+        ({"source": "generate", "model": "gpt2", "examples": str(tmp_path / "none.jsonl")}, "queries.examples:"),
+        ({"source": "import"}, "queries.path: source import needs the file"),
+        ({"source": "import", "path": str(tmp_path / "missing.jsonl")}, "queries.path:"),
+        ({"source": "import", "path": str(label_free), "format": "csv"}, "queries.format must be one of"),
+        # the split's own queries take none of the made-up queries' keys (and the folder has no train split)
+        ({"source": "split", "method": "sentence"}, "queries.method is for queries made from the corpus"),
+        ({"source": "split"}, "needed by queries.source split"),
+        ({**LABEL_FREE, "mix_labeled": True}, "needed by queries.mix_labeled"),
+    ]
+    for queries, message in cases:
+        with pytest.raises(ConfigError) as err:
+            _load_with(label_free, tmp_path, queries=queries)
+        assert message in str(err.value), (queries, str(err.value))
+    # fitting the ensemble's weights needs labels: one line saying so, before any work
+    with pytest.raises(ConfigError, match="weights can only be fitted on labels"):
+        _load_with(label_free, tmp_path, teachers={**values["teachers"], "fit_weights": True})
+    # without a test split, --dataset has nothing to evaluate on
+    no_test = tmp_path / "no-test"
+    write_jsonl(no_test / "corpus.jsonl", [{"_id": "d1", "title": "", "text": "fish pond"}])
+    write_jsonl(no_test / "queries.jsonl", [{"_id": "q1", "text": "fish"}])
+    (no_test / "qrels").mkdir()
+    (no_test / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(ConfigError, match="no test split to evaluate on"):
+        load_pipeline_config(label_free, dataset=str(no_test))
+
+
+def test_fingerprints_follow_the_queries_section(label_free, tiny_pipeline):  # noqa: F811
+    base = Pipeline(load_pipeline_config(label_free))
+    assert [s.name for s in base.stages][:3] == ["queries", "mine", "teach"]
+    for change in ({"queries.max_queries": 30}, {"queries.filters.round_trip_k": 3}, {"queries.positives": "both"}):
+        other = Pipeline(load_pipeline_config(label_free, change))
+        same = [s.name for s in base.stages if base.fingerprint(s.name) == other.fingerprint(s.name)]
+        assert same == [], (change, same)  # queries -> mine -> teach -> train -> ... all run again
+    # the section reaches every student's config
+    dense = base.stage("train-dense").params["config"]["data"]
+    assert dense["queries"].endswith("queries/queries.jsonl") and dense["positives"] == "teacher"
+    # labelled configs keep their fingerprints' shape: no queries stage, the section absent from mine's
+    labelled = Pipeline(load_pipeline_config(tiny_pipeline))
+    assert labelled.stages[0].name == "mine" and "queries" not in labelled.stage("mine").params
+
+
+def test_dataset_flag_runs_the_config_on_another_collection(label_free, tiny_pipeline, tmp_path):  # noqa: F811
+    other = _test_only_folder(tmp_path / "My Collection!", seed=1)
+    out = _rkd("pipeline", str(label_free), "--dataset", str(other), "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = {row["stage"]: row for row in json.loads(out.stdout)}
+    work = tmp_path / "experiments" / "lf-My-Collection"
+    assert plan["queries"]["outputs"][0] == str(work / "queries" / "queries.jsonl")
+    assert str(work / "runs" / "My-Collection-test" / "bm25.run") in plan["mine"]["outputs"]
+    config = load_pipeline_config(label_free, dataset=str(other))
+    assert [(e.dataset, e.split) for e in config.eval] == [(str(other), "test")] and config.dataset == str(other)
+    # a labelled config on a collection without a training split: one line, no traceback
+    bad = _rkd("pipeline", str(tiny_pipeline), "--dataset", str(other), "--dry-run")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "has no split 'train'" in bad.stderr and "queries.source split" in bad.stderr
+
+
+def test_label_free_pipeline_end_to_end(label_free):
+    config = load_pipeline_config(label_free)
+    done = Pipeline(config).run()
+    assert list(done) == ["queries", "mine", "teach", "train-dense", "train-sparse", "index", "retrieve",
+                          "evaluate", "report"]
+    work = config.work_dir
+    queries = work / "queries" / "queries.jsonl"
+    assert queries.is_file() and sidecar_path(queries).is_file()
+    made = read_query_set(queries)
+    assert made.method == "crop-sentence" and 0 < len(made) <= 40
+    assert made.counts["dropped"]["max_queries"] == made.counts["candidates"] - len(made) - sum(
+        v for k, v in made.counts["dropped"].items() if k != "max_queries")
+    assert {f["filter"] for f in made.filters} >= {"too_short", "duplicate", "round_trip", "max_queries"}
+    teach = json.loads((work / "stages" / "teach.json").read_text())["summary"]
+    assert teach["weights"] is None and teach["fitted_on"] is None          # equal weights: no labels
+    for kind in ("dense", "sparse"):
+        summary = json.loads((work / "stages" / f"train-{kind}.json").read_text())["summary"]
+        q = summary["queries"]
+        assert q["file"] == str(queries) and q["method"] == "crop-sentence" and q["kept"] == len(made)
+        assert q["source"] == "crop" and q["positives"] == "teacher" and summary["train_seconds"] > 0
+    report = (work / "report.md").read_text()
+    assert f"{len(made)} made-up queries, source crop (crop-sentence)" in report and str(queries) in report
+    assert "equal weights" in report and "trained in" in report
+    metrics = json.loads((work / "metrics.json").read_text())["lf-test"]["runs"]
+    assert {"bm25", "ensemble", "dense-flat", "sparse-inference-free"} <= set(metrics)
+    # Distill-VQ would train on the made-up queries: no training split is read
+    assert st._index_train_queries(st.Context(config)) == made.queries
+    assert Pipeline(config).plan()[0]["status"] == "done"
+
+
+def test_shipped_label_free_config_dry_runs_on_cranfield(mirror, tmp_path):
+    out = _rkd("pipeline", str(ROOT / "configs" / "pipeline" / "label-free.yaml"), "--dry-run", "--json", "--set",
+               f"output_root={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads(out.stdout)
+    assert [r["stage"] for r in plan] == ["queries", "mine", "teach", "train-dense", "train-sparse", "index",
+                                          "retrieve", "evaluate", "report"]
+    assert all(r["status"] == "todo" for r in plan)
+
+
+def test_queries_stage_generates_resumably_and_imports(label_free, tiny_causal_lm, tmp_path, monkeypatch):
+    """source generate (a tiny causal LM saved as a folder) and import: the stage's wiring; a changed cap filters
+    the generated queries again without generating again."""
+    model, tokenizer = tiny_causal_lm
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    gen = {"source": "generate", "model": str(folder), "per_document": 2, "max_new_tokens": 6, "batch_size": 16,
+           "device": "cpu", "max_documents": 8, "filters": {"min_words": 1}}
+    config = load_pipeline_config(label_free, {"queries": gen})
+    Pipeline(config).run(until="queries")
+    made = read_query_set(config.work_dir / "queries" / "queries.jsonl")
+    assert made.method == "generate" and made.counts["documents"] == 8 and len(made) > 0
+    assert (config.work_dir / "queries" / "generated.jsonl").is_file()
+    monkeypatch.setattr(QueryGenerator, "generate", lambda *a, **k: pytest.fail("generated again"))
+    capped = load_pipeline_config(label_free, {"queries": {**gen, "max_queries": 1}})
+    assert Pipeline(capped).status("queries") == "stale"
+    Pipeline(capped).run(until="queries")
+    assert len(read_query_set(config.work_dir / "queries" / "queries.jsonl")) == 1
+    # import: a TSV of (qid, query, source document)
+    tsv = tmp_path / "made.tsv"
+    tsv.write_text("x1\tfish pond water\td0\nx2\tsolar power energy\td1\n")
+    imported = load_pipeline_config(label_free, {"queries": {"source": "import", "path": str(tsv), "format": "tsv",
+                                                             "positives": "source"}})
+    Pipeline(imported).run(until="queries")
+    made = read_query_set(imported.work_dir / "queries" / "queries.jsonl")
+    assert made.method == "import" and made.sources == {"x1": "d0", "x2": "d1"}
+
+
+def test_made_up_queries_beside_a_training_split_fit_the_weights_on_its_labels(tiny_pipeline):  # noqa: F811
+    """A collection with a training split: crop queries train, the split's judged queries are mined and scored
+    too, and the ensemble's weights are fitted on them only (its qrels); made-up ids never meet the split's."""
+    config = load_pipeline_config(tiny_pipeline, {"queries": {"source": "crop", "method": "span",
+                                                              "max_documents": 40, "mix_labeled": True}})
+    Pipeline(config).run(until="teach")
+    stages = config.work_dir / "stages"
+    mine = json.loads((stages / "mine.json").read_text())["summary"]
+    made = read_query_set(config.work_dir / "queries" / "queries.jsonl")
+    assert made.counts["documents"] == 40 and mine["made_up_queries"] == len(made) > 0
+    assert mine["labeled_queries"] == 30 and mine["train_queries"] == len(made) + 30
+    teach = json.loads((stages / "teach.json").read_text())["summary"]
+    assert teach["fitted_on"].endswith("/train") and len(teach["weights"]) == 2
+    dense = Pipeline(config).stage("train-dense").params["config"]["data"]
+    assert dense["mix_labeled"] is True and dense["positives"] == "source"
