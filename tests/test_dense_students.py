@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -261,3 +262,42 @@ def test_torchrun_two_processes_train_and_save_a_loadable_model(tiny_distill, tm
 
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4
+
+
+# ------------------------------------------------------------------------------------------------------ precision
+def _bf16_config(tiny_distill, tmp_path, name):
+    from retrieval_kd.students import load_config
+
+    training = {k: v for k, v in tiny_distill["training"].items() if k != "use_cpu"}  # the trainer refuses bf16
+    return load_config({**tiny_distill, "output_dir": str(tmp_path / name),  # on a CPU without use_cpu
+                        "training": {**training, "max_steps": 2, "bf16": True}})
+
+
+def test_bf16_training_runs_on_a_cpu_with_bf16_instructions(tiny_distill, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_kd.encoders.backends import isa_target
+    from retrieval_kd.students import train_dense
+
+    if isa_target("torch-bf16") == "bf16-emulated":
+        pytest.skip("this CPU has no bf16 instructions (AMX or AVX-512 BF16)")
+    summary = train_dense(_bf16_config(tiny_distill, tmp_path, "bf16"))
+    assert summary["steps"] == 2 and summary["precision"] == "bf16" and math.isfinite(summary["train_loss"])
+    model = SentenceTransformer(str(tmp_path / "bf16"))                # fp32 weights, autocast only
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_bf16_training_falls_back_to_fp32_on_a_cpu_without_bf16(tiny_distill, tmp_path, monkeypatch, caplog):
+    from retrieval_kd.encoders import backends
+    from retrieval_kd.students import load_sparse_config, train_dense
+    from retrieval_kd.students.dense import cpu_precision
+
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))   # no amx_bf16/avx512_bf16
+    config = _bf16_config(tiny_distill, tmp_path, "fp32")
+    config.training["use_cpu"] = True
+    sparse = load_sparse_config({"training": {"bf16": True, "bf16_full_eval": True, "use_cpu": True}})
+    assert cpu_precision(sparse) == {"bf16": False, "bf16_full_eval": False}     # the sparse trainer's helper too
+    with caplog.at_level(logging.WARNING, logger="retrieval_kd.students.dense"):
+        summary = train_dense(config)
+    assert summary["steps"] == 2 and summary["precision"] == "fp32"
+    assert "no bf16 instructions" in caplog.text and "training in fp32" in caplog.text

@@ -228,3 +228,96 @@ def test_dry_run_catches_what_can_be_known_without_running(tiny_pipeline, tmp_pa
     with caplog.at_level(logging.INFO, logger="retrieval_kd.pipeline.config"):
         load_pipeline_config(path)
     assert "index.bytes not checked" in caplog.text and "'nobody/not-here'" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------------ encoding
+@pytest.fixture
+def cpu(monkeypatch):
+    """``cpu("amx_bf16", ...)``: pretend the CPU has these flags (what ``encoding: auto`` picks by); the pipeline's
+    resolutions are forgotten before and after."""
+    from retrieval_kd.encoders import backends
+    from retrieval_kd.pipeline.config import resolved_encoding
+
+    def pretend(*flags):
+        resolved_encoding.cache_clear()
+        monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset(flags))
+
+    yield pretend
+    resolved_encoding.cache_clear()
+
+
+def _same(a: Pipeline, b: Pipeline) -> list[str]:
+    return [s.name for s in a.stages if a.fingerprint(s.name) == b.fingerprint(s.name)]
+
+
+def test_encoding_is_validated_and_in_the_fingerprints_of_the_stages_that_encode(tiny_pipeline, tmp_path, cpu):
+    from retrieval_kd.errors import ConfigError
+
+    values = yaml.safe_load(tiny_pipeline.read_text())
+    path = tmp_path / "bad.yaml"
+    for change, key in (({"encoding": "fp8"}, "encoding"), ({"teachers": {**values["teachers"], "encoding": "bf16"}},
+                                                              "teachers.encoding")):
+        path.write_text(yaml.safe_dump({**values, **change}))
+        with pytest.raises(ConfigError) as err:
+            load_pipeline_config(path)
+        assert f"{path}: {key} must be" in str(err.value) and "auto, torch, torch-bf16" in str(err.value)
+
+    cpu("avx2", "avx512f", "amx_bf16", "avx512_bf16")
+    base = Pipeline(load_pipeline_config(tiny_pipeline))
+    assert "encoding" not in base.stage("index").params             # torch: the fingerprints of earlier releases
+    auto = Pipeline(load_pipeline_config(tiny_pipeline, {"encoding": "auto"}))
+    assert _same(base, auto) == ["mine", "teach", "train-dense", "train-sparse"]   # index, retrieve, evaluate, report
+    plan = {row["stage"]: row for row in auto.plan()}
+    assert plan["index"]["encoding"]["setting"] == "auto" and set(plan["index"]["encoding"]) == {"setting", "dense",
+                                                                                                "sparse"}
+    dense = plan["retrieve"]["encoding"]["dense"]
+    assert dense["backend"] == "torch-bf16" and dense["isa"] == "amx-bf16" and "AMX" in dense["reason"]
+    assert "encoding" not in plan["train-dense"] and plan["teach"]["encoding"]["dense"]["backend"] == "torch"
+    named = Pipeline(load_pipeline_config(tiny_pipeline, {"encoding": "torch-bf16"}))
+    assert named.stage("retrieve").params["encoding"] == auto.stage("retrieve").params["encoding"]  # auto resolved
+
+    cpu("avx2", "avx512f")                                          # the same config on a CPU without bf16
+    plain = Pipeline(load_pipeline_config(tiny_pipeline, {"encoding": "auto"}))
+    assert {r["stage"]: r for r in plain.plan()}["retrieve"]["encoding"]["dense"]["backend"] == "torch"   # fp32
+    assert plain.fingerprint("index") != auto.fingerprint("index")
+    # dense training candidates are encoded too: then mining and everything after it follow the setting
+    mined = {"candidates.sources": ["bm25", "dense"]}
+    cpu("amx_bf16")
+    assert _same(Pipeline(load_pipeline_config(tiny_pipeline, mined)),
+                 Pipeline(load_pipeline_config(tiny_pipeline, {**mined, "encoding": "torch-bf16"}))) == []
+
+
+def test_teachers_encoding_reaches_the_bi_encoder_members_without_their_own(tiny_pipeline, tiny_st_folder, cpu):
+    from retrieval_kd.pipeline import stages as st
+
+    cpu("avx2", "amx_bf16")
+    members = ["bm25", f"bi-encoder:{tiny_st_folder},max_seq_length=32", f"bi-encoder:{tiny_st_folder},encoding=torch"]
+    config = load_pipeline_config(tiny_pipeline, {"teachers.members": members, "teachers.encoding": "auto"})
+    bm25, chosen, own = st._members(st.Context(config), config.dataset)
+    assert (chosen.encoding.backend, chosen.encoding.isa) == ("torch-bf16", "amx-bf16") and own.encoding == "torch"
+    fp32 = load_pipeline_config(tiny_pipeline, {"teachers.members": members})
+    assert st._members(st.Context(fp32), fp32.dataset)[1].encoding == "torch"            # the default: fp32
+    assert chosen.fingerprint != st._members(st.Context(fp32), fp32.dataset)[1].fingerprint   # its own scores
+    assert _same(Pipeline(fp32), Pipeline(config)) == ["mine"]        # teaching and everything after it rerun
+
+
+def test_auto_is_recorded_in_the_marker_and_the_report(tiny_pipeline, cpu, monkeypatch):
+    import retrieval_kd.teachers as teachers
+    from retrieval_kd.pipeline.report import write_report
+
+    cpu("amx_bf16")
+    real, seen = teachers.mine_candidates, []
+
+    def mine(collection, split, k=100, sources=("bm25",), encoding="torch", **kw):   # no dense model loaded
+        seen.append(encoding)
+        return real(collection, split, k=k, sources=["bm25"], **kw)
+
+    monkeypatch.setattr(teachers, "mine_candidates", mine)
+    config = load_pipeline_config(tiny_pipeline, {"encoding": "auto", "candidates.sources": ["bm25", "dense"]})
+    Pipeline(config).run(until="mine")
+    assert [e.backend for e in seen] == ["torch-bf16"]
+    marker = json.loads((config.work_dir / "stages" / "mine.json").read_text())
+    assert marker["encoding"]["setting"] == "auto" and marker["encoding"]["dense"]["isa"] == "amx-bf16"
+    report = write_report(config.work_dir, config).read_text()
+    assert "Students and the initial model encoded with `encoding: auto`: dense torch-bf16 (amx-bf16; the CPU has AMX" \
+        in report

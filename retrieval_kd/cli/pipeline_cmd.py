@@ -57,6 +57,10 @@ def _run(args) -> int:
                 print(f"    in : {i}")
             for o in row["outputs"]:
                 print(f"    out: {o}")
+            if row.get("encoding"):
+                from retrieval_kd.pipeline.report import encoding_line
+
+                print(f"    enc: {row['encoding']['setting']}: {encoding_line(row['encoding'])}")
         return 0
     done = pipe.run(force=args.force, until=args.until)
     ran = ", ".join(f"{k} {v} s" if v != "skipped" else f"{k} skipped" for k, v in done.items())

@@ -17,6 +17,7 @@ Example (``configs/pipeline/scifact-demo.yaml`` is the full one)::
       dense: {config: configs/dense/scifact-demo.yaml}
       sparse: {config: configs/sparse/scifact-demo.yaml, set: {training.num_train_epochs: 1}}
     index: {nlist: 64, nprobe: 8, bytes: [48, 16]}
+    encoding: auto       # the students' and the initial model's encoders (teachers: teachers.encoding)
 
 Without labels (``configs/pipeline/label-free.yaml``), a ``queries`` section makes the training queries from the
 corpus (:class:`QueriesConfig`) and the collection needs no training split, only its test split::
@@ -31,6 +32,7 @@ corpus (:class:`QueriesConfig`) and the collection needs no training split, only
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -41,13 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval_kd.encoders.backends import ENCODING_CHOICES, Encoding, resolve_encoding
 from retrieval_kd.errors import ConfigError, UnavailableError
 from retrieval_kd.index.dense import INDEX_TYPES as _INDEX_KINDS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EvalSet", "PipelineConfig", "QueriesConfig", "collection_name", "load_pipeline_config", "check_dataset_ref",
-           "check_split", "needs_train_split"]
+           "check_split", "needs_train_split", "resolved_encoding"]
 
 
 @dataclass
@@ -85,6 +88,9 @@ class TeachersConfig:
 
     ``weights`` fixed by hand, else fitted on the training split when ``fit_weights`` (never on an eval split),
     else equal. ``rerank_depth``: each teacher reranks BM25's top-k of every eval set for the report.
+    ``encoding``: the backend of the bi-encoder and SPLADE members whose spec names none (``...,encoding=X``
+    does): ``torch`` (fp32, the default: teachers stay exact unless asked), another of
+    :data:`~retrieval_kd.encoders.backends.ENCODINGS`, or ``auto``; apart from the students' ``encoding``.
     """
 
     members: list[str] = field(default_factory=lambda: ["bm25"])
@@ -93,6 +99,7 @@ class TeachersConfig:
     fit_weights: bool = True
     fit_step: float = 0.1
     rerank_depth: int = 100
+    encoding: str = "torch"
 
 
 @dataclass
@@ -237,6 +244,12 @@ class PipelineConfig:
 
     ``hardware`` and ``expected_minutes`` document what the config was sized for (the report records what it
     actually ran on).
+
+    ``encoding``: the backend of every encoder of the students and of the dense student's initial model (corpus
+    and query embeddings of the index and retrieve stages, the sparse index, dense training candidates):
+    ``torch`` (fp32, the default), another of :data:`~retrieval_kd.encoders.backends.ENCODINGS`, or ``auto``
+    (picked by this CPU's instruction sets, logged and recorded with the reason). The concrete backend and
+    instruction set are part of those stages' fingerprints. Teachers have their own: ``teachers.encoding``.
     """
 
     name: str
@@ -250,6 +263,7 @@ class PipelineConfig:
     students: StudentsConfig = field(default_factory=StudentsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     retrieve_top_k: int = 1000
+    encoding: str = "torch"
     description: str = ""
     hardware: str = ""
     expected_minutes: float | None = None
@@ -696,6 +710,8 @@ def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = froze
         if too_many and any(t in ix.types for t in _IVF_KINDS):
             raise ConfigError(f"{where}: index.{key}: {too_many[0]} is more than index.nlist ({ix.nlist}) lists")
     config.retrieve_top_k = _number(config.retrieve_top_k, where, "retrieve_top_k")
+    for key, value in (("encoding", config.encoding), ("teachers.encoding", tc.encoding)):
+        _check_encoding(value, where, key)
     if tc.rerank_depth > config.retrieve_top_k:
         raise ConfigError(f"{where}: teachers.rerank_depth ({tc.rerank_depth}) is more than retrieve_top_k "
                           f"({config.retrieve_top_k}): BM25's runs, which the teachers rerank, hold no more")
@@ -716,6 +732,36 @@ def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = froze
 
 _IVF_KINDS = ("ivfpq", "opq-ivfpq", "distill-vq")
 _PQ_KINDS = ("pq", "ivfpq", "opq-ivfpq", "distill-vq")
+
+
+def _check_encoding(value: str, where: str, key: str) -> None:
+    """An ``encoding`` setting: one of the backends or ``auto``; a backend whose package is missing here is logged
+    (the run will need it), not refused."""
+    if value not in ENCODING_CHOICES:
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(ENCODING_CHOICES)}, got {value!r}")
+    if value == "auto":
+        return
+    try:
+        resolve_encoding(value, check=True)
+    except UnavailableError as exc:
+        logger.warning("%s: %s: %s (the run will need it)", where, key, exc)
+
+
+@functools.cache
+def resolved_encoding(setting: str, kind: str) -> Encoding:
+    """The backend an ``encoding`` setting (``encoding``, ``teachers.encoding``) runs ``kind`` (``dense`` or
+    ``sparse``) encoders with here: ``auto`` decided by this CPU's instruction sets. Logged once per process.
+
+    A backend whose package is missing here resolves to instruction set ``unavailable`` (the dry run still plans;
+    the stage that loads it raises :class:`~retrieval_kd.errors.UnavailableError` naming the package)."""
+    try:
+        chosen = resolve_encoding(setting, kind, check=False)  # auto logs its choice and the reason
+    except UnavailableError as exc:
+        logger.warning("encoding %s (%s encoders): %s", setting, kind, exc)
+        return Encoding(setting, "unavailable", str(exc))
+    if setting not in ("auto", "torch"):
+        logger.info("encoding %s for %s encoders (instruction set %s)", chosen.backend, kind, chosen.isa or "-")
+    return chosen
 
 
 def _warn_unavailable(model: str | None, where: str, key: str) -> None:

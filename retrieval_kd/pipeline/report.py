@@ -15,7 +15,7 @@ from retrieval_kd.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_report", "quality_table", "system_label", "training_queries_line"]
+__all__ = ["encoding_line", "write_report", "quality_table", "system_label", "training_queries_line"]
 
 _KINDS = {"flat": "flat (exact)", "hnsw": "HNSW32", "pq": "FAISS PQ", "ivfpq": "FAISS IVFPQ",
           "opq-ivfpq": "FAISS OPQ+IVFPQ", "distill-vq": "Distill-VQ (IVFPQ)"}
@@ -204,6 +204,18 @@ def training_queries_line(info: dict, trained: int | None = None) -> str:
     return text + f"{used}; `{info.get('file')}`"
 
 
+def encoding_line(record: dict) -> str:
+    """What encoded, per encoder kind, from a stage marker's ``encoding``
+    (:func:`retrieval_kd.pipeline.stages.encoding_record`): ``dense torch-bf16 (amx-bf16; the CPU has AMX ...)``."""
+    parts = []
+    for kind, used in record.items():
+        if kind != "setting":
+            detail = "; ".join(filter(None, [used.get("isa") or ("fp32" if used.get("backend") == "torch" else ""),
+                                             used.get("reason")]))
+            parts.append(f"{kind} {used.get('backend')}" + (f" ({detail})" if detail else ""))
+    return ", ".join(parts)
+
+
 def write_report(work: Path, config: PipelineConfig) -> Path:
     """Write ``report.md`` and the plots under ``work``; returns the report's path."""
     from retrieval_kd.data.formats import atomic_write
@@ -224,7 +236,14 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
     on = f" --dataset {config.on_dataset}" if config.on_dataset else ""
     lines += [f"Command: `rkd pipeline {config.source or '<config>'}{on}`; written {time.strftime('%Y-%m-%d %H:%M %Z')}.",
               f"Config sized for: {config.hardware or 'unspecified'}"
-              + (f", about {config.expected_minutes:g} minutes." if config.expected_minutes else "."), ""]
+              + (f", about {config.expected_minutes:g} minutes." if config.expected_minutes else ".")]
+    students = {}  # the students' and the initial model's encoders, as the stages that encoded recorded them
+    for name in ("mine", "index", "retrieve"):
+        students.update((markers.get(name) or {}).get("encoding") or {})
+    if students:
+        lines.append(f"Students and the initial model encoded with `encoding: {students['setting']}`: "
+                     f"{encoding_line(students)}.")
+    lines.append("")
     lines += ["## Quality", ""]
     loss_plot = _loss_plot(work, logs)
     for ev in config.eval:
@@ -260,13 +279,17 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
                          f"normalisation {config.teachers.normalization}")
         elif not weights and len(teach.get("members", [])) > 1:
             lines.append(f"- equal weights (none fitted: no labels used); normalisation {config.teachers.normalization}")
+        if (markers.get("teach") or {}).get("encoding"):
+            used = markers["teach"]["encoding"]
+            lines.append(f"- encoded with `teachers.encoding: {used['setting']}`: {encoding_line(used)}")
         lines.append("")
     lines += ["## Students", ""]
     for kind in ("dense", "sparse"):
         s = (markers.get(f"train-{kind}") or {}).get("summary")
         if s:
             lines.append(f"- {kind}: {s.get('steps')} steps, final training loss {s.get('train_loss', float('nan')):.4f}, "
-                         f"trained in {s.get('train_seconds')} s, teacher `{s.get('teacher')}`"
+                         f"trained in {s.get('train_seconds')} s" + (f" ({s['precision']})" if s.get("precision") else "")
+                         + f", teacher `{s.get('teacher')}`"
                          + (f", resumed from {s['resumed_from']}" if s.get("resumed_from") else ""))
             if s.get("queries"):
                 lines.append(f"  - training queries: {training_queries_line(s['queries'], s.get('train_queries'))}")

@@ -38,6 +38,7 @@ class Stage:
     upstream: list[str]
     outputs: list[Path]
     inputs: list[str] = field(default_factory=list)
+    encoding: dict = field(default_factory=dict)  # what it encodes with (stages.encoding_record)
 
 
 def _queries_inputs(cfg: PipelineConfig) -> list[str]:
@@ -102,7 +103,8 @@ class Pipeline:
         stages += [
             Stage("mine", st.mine, mine_params, first, st.mine_outputs(cfg),
                   [train_input, *[f"dataset {e['dataset']} ({e['split']})" for e in evals]]),
-            Stage("teach", st.teach, {"teachers": vars(cfg.teachers)}, ["mine"], st.teach_outputs(cfg),
+            Stage("teach", st.teach, {"teachers": {k: v for k, v in vars(cfg.teachers).items() if k != "encoding"}},
+                  ["mine"], st.teach_outputs(cfg),
                   [str(work / "candidates" / "train.run"), *cfg.teachers.members]),
         ]
         trained = []
@@ -127,6 +129,10 @@ class Pipeline:
             Stage("report", st.report, {"version": 1}, ["evaluate", *trained],
                   [work / "report.md"], [str(work / "metrics.json"), str(work / "speed")]),
         ]
+        for stage in stages:  # the encoders' backend: in the fingerprint unless torch fp32 (older ones hold)
+            stage.encoding, key = st.encoding_record(cfg, stage.name), st.encoding_fingerprint(cfg, stage.name)
+            if key:
+                stage.params = {**stage.params, "encoding": key}
         return stages
 
     def stage(self, name: str) -> Stage:
@@ -169,10 +175,11 @@ class Pipeline:
         return "todo" if missing else "done"
 
     def plan(self) -> list[dict]:
-        """One row per stage: status, fingerprint, inputs and outputs (what ``--dry-run`` prints)."""
+        """One row per stage: status, fingerprint, inputs and outputs, and what it encodes with where it encodes
+        (what ``--dry-run`` prints)."""
         return [{"stage": s.name, "status": self.status(s.name), "fingerprint": self.fingerprint(s.name),
-                 "after": s.upstream, "inputs": s.inputs, "outputs": [str(p) for p in s.outputs]}
-                for s in self.stages]
+                 "after": s.upstream, "inputs": s.inputs, "outputs": [str(p) for p in s.outputs],
+                 **({"encoding": s.encoding} if s.encoding else {})} for s in self.stages]
 
     # -- running -------------------------------------------------------------------------------------------------
     def run(self, force: Sequence[str] = (), until: str | None = None) -> dict:
@@ -201,7 +208,8 @@ class Pipeline:
                 seconds = round(time.perf_counter() - t0, 1)
                 marker = {"stage": stage.name, "fingerprint": self.fingerprint(stage.name), "seconds": seconds,
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "summary": summary,
-                          "outputs": [str(p) for p in stage.outputs]}
+                          "outputs": [str(p) for p in stage.outputs],
+                          **({"encoding": stage.encoding} if stage.encoding else {})}
                 path = self.marker_path(stage.name)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_write(path) as fh:

@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from retrieval_kd.data.formats import atomic_write
-from retrieval_kd.pipeline.config import PipelineConfig, config_path, student_config
+from retrieval_kd.encoders.backends import Encoding
+from retrieval_kd.pipeline.config import PipelineConfig, config_path, resolved_encoding, student_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Context", "STAGE_ORDER"]
+__all__ = ["Context", "STAGE_ORDER", "encoder_kinds", "encoding_fingerprint", "encoding_record", "teacher_member"]
 
 STAGE_ORDER = ("queries", "mine", "teach", "train-dense", "train-sparse", "index", "retrieve", "evaluate", "report")
 
@@ -63,6 +64,69 @@ class Context:
 
     def index_dir(self, corpus: str) -> Path:
         return self.work / "indexes" / corpus
+
+    def encoding(self, kind: str) -> Encoding:
+        """The :class:`~retrieval_kd.encoders.backends.Encoding` the students' and the initial model's ``kind``
+        (``dense``, ``sparse``) encoders run with: the config's ``encoding``, resolved once (``auto`` by this CPU)."""
+        return resolved_encoding(self.config.encoding, kind)
+
+
+# ------------------------------------------------------------------------------------------------------ encoding
+_TEACHER_ENCODERS = {"bi-encoder": "dense", "splade": "sparse"}
+
+
+def _takes_setting(spec: str) -> str | None:
+    """``dense`` / ``sparse`` for a bi-encoder / SPLADE member spec without its own ``encoding=``, else None."""
+    head, *opts = spec.split(",")
+    if any(opt.partition("=")[0].strip() == "encoding" for opt in opts):
+        return None
+    return _TEACHER_ENCODERS.get(head.partition(":")[0].strip())
+
+
+def teacher_member(spec: str, encoding: str = "torch"):
+    """A teacher of ``teachers.members``: a bi-encoder or SPLADE member whose spec names no ``encoding`` runs with
+    ``teachers.encoding`` (``auto`` resolved once for all of them, not per teacher)."""
+    from retrieval_kd.encoders.export import read_export_meta
+    from retrieval_kd.teachers import parse_teacher
+
+    teacher, kind = parse_teacher(spec), _takes_setting(spec)
+    if kind is not None and encoding != "torch":
+        exported = Path(teacher.model_name).is_dir() and read_export_meta(teacher.model_name) is not None
+        # an exported graph decides its own backend from the setting's name
+        teacher.encoding = encoding if exported else resolved_encoding(encoding, kind)
+    return teacher
+
+
+def encoder_kinds(cfg: PipelineConfig, stage: str) -> list[str]:
+    """The encoders (``dense``, ``sparse``) ``stage`` runs with the config's ``encoding``; for ``teach``, those of
+    the members that take ``teachers.encoding``. Empty: the stage encodes nothing with the setting."""
+    if stage == "mine":
+        return ["dense"] if "dense" in cfg.candidates.sources else []
+    if stage == "teach":
+        return sorted({k for k in map(_takes_setting, cfg.teachers.members) if k})
+    if stage == "index":
+        return (["dense"] if cfg.students.dense is not None and cfg.index.types else []) + (
+            ["sparse"] if cfg.students.sparse is not None else [])
+    if stage == "retrieve":  # the initial model's and the student's dense encoders (sparse queries: tokens)
+        return ["dense"] if cfg.students.dense is not None else []
+    return []
+
+
+def encoding_record(cfg: PipelineConfig, stage: str) -> dict:
+    """What ``stage`` encodes with (its marker and the report keep it): the setting and, per encoder kind, the
+    backend, its instruction set and, for ``auto``, why; ``{}`` where the stage encodes nothing."""
+    kinds = encoder_kinds(cfg, stage)
+    if not kinds:
+        return {}
+    setting = cfg.teachers.encoding if stage == "teach" else cfg.encoding
+    return {"setting": setting, **{k: resolved_encoding(setting, k).describe() for k in kinds}}
+
+
+def encoding_fingerprint(cfg: PipelineConfig, stage: str) -> dict:
+    """The part of ``stage``'s fingerprint its encoding is: the concrete backend and instruction set (``auto``
+    resolved here) of each encoder kind that is not torch fp32. Empty for torch: earlier fingerprints hold."""
+    record = encoding_record(cfg, stage)
+    return {k: f"{v['backend']}/{v['isa']}" for k, v in record.items() if k != "setting" and v["backend"] != "torch"}
 
 
 def _write_json(path: Path, data) -> None:
@@ -168,14 +232,15 @@ def mine(ctx: Context) -> dict:
     cfg = ctx.config
     train = ctx.collection(cfg.dataset)
     k, sources = cfg.candidates.top_k, tuple(cfg.candidates.sources)
+    encoding = ctx.encoding("dense") if "dense" in sources else "torch"
     summary: dict = {}
     if cfg.queries.made_up:
         made = _query_set(ctx)
         cands = mine_candidates(train, None, k=k, sources=sources, queries=made.queries,
-                                positives={qid: {doc: 1} for qid, doc in made.sources.items()})
+                                positives={qid: {doc: 1} for qid, doc in made.sources.items()}, encoding=encoding)
         summary["made_up_queries"] = len(cands)
         if labeled_too(cfg):
-            labeled = mine_candidates(train, cfg.train_split, k=k, sources=sources)
+            labeled = mine_candidates(train, cfg.train_split, k=k, sources=sources, encoding=encoding)
             clash = sorted(set(labeled) & set(cands))
             if clash:
                 raise ConfigError(f"queries: made-up query id {clash[0]!r} is also a query of split "
@@ -183,7 +248,7 @@ def mine(ctx: Context) -> dict:
             cands.update(labeled)
             summary["labeled_queries"] = len(labeled)
     else:
-        cands = mine_candidates(train, cfg.train_split, k=k, sources=sources)
+        cands = mine_candidates(train, cfg.train_split, k=k, sources=sources, encoding=encoding)
     write_run(cands, ctx.work / "candidates" / "train.run", tag="candidates")
     summary.update(train_queries=len(cands), train_pairs=sum(len(v) for v in cands.values()), eval={})
     for ev in cfg.eval:
@@ -203,10 +268,9 @@ def mine_outputs(cfg: PipelineConfig) -> list[Path]:
 # ------------------------------------------------------------------------------------------------------ teach
 def _members(ctx: Context, dataset: str) -> list:
     """Teacher instances per dataset (a teacher keeps per-corpus caches, e.g. SPLADE's document vectors)."""
-    from retrieval_kd.teachers import parse_teacher
-
     if dataset not in ctx.teachers:
-        ctx.teachers[dataset] = [parse_teacher(s) for s in ctx.config.teachers.members]
+        tc = ctx.config.teachers
+        ctx.teachers[dataset] = [teacher_member(s, tc.encoding) for s in tc.members]
     return ctx.teachers[dataset]
 
 
@@ -339,16 +403,19 @@ def build_indexes(ctx: Context) -> dict:
         out, rows = ctx.index_dir(ev.corpus), {}
         if cfg.students.dense is not None and ix.types:
             model, max_len = _dense_student(ctx)
-            docs = np.ascontiguousarray(corpus_embeddings(model, coll.corpus, max_len), dtype=np.float32)
+            encoding = ctx.encoding("dense")
+            docs = np.ascontiguousarray(corpus_embeddings(model, coll.corpus, max_len, encoding=encoding),
+                                        dtype=np.float32)
             train_q = np.zeros((0, docs.shape[1]), dtype=np.float32)
             use_train = ix.distill_vq_queries == "train" or (ix.distill_vq_queries == "auto" and ev.dataset == cfg.dataset)
             if use_train and "distill-vq" in ix.types:
-                train_q = query_embeddings(model, _index_train_queries(ctx), max_len)
+                train_q = query_embeddings(model, _index_train_queries(ctx), max_len, encoding=encoding)
             for name in index_names(cfg):
                 kind, size = (name.rsplit("-", 1) if name not in ("flat", "hnsw") else (name, None))
                 t0 = time.perf_counter()
                 meta = {"encoder": model, "max_seq_length": max_len, "kind": kind, "dataset": ev.dataset,
-                        **corpus_identity(coll.corpus)}
+                        **corpus_identity(coll.corpus),
+                        **({"encoding": encoding.describe()} if encoding.backend != "torch" else {})}
                 if kind == "distill-vq":
                     params = {"pseudo_queries": 3000, "seed": 0, **ix.distill_vq, "nlist": ix.nlist, "m": int(size)}
                     # per-epoch checkpoints: a kill mid-training resumes at the last finished epoch
@@ -392,7 +459,7 @@ def _sparse_index(ctx: Context, dataset: str, folder: Path) -> dict:
     config = student_config(ctx.config, "sparse")
     index = build_sparse_index(str(config.output_dir), ctx.collection(dataset).corpus, folder,
                                prune=ctx.config.index.sparse_prune, max_seq_length=config.max_seq_length,
-                               dataset=dataset)
+                               dataset=dataset, encoding=ctx.encoding("sparse"))
     return {"nnz_per_doc": round(index.nnz_per_doc(), 1)}
 
 
@@ -444,10 +511,10 @@ def retrieve(ctx: Context) -> dict:
 
         speed: dict = {}
         if cfg.students.dense is not None:
-            init = student_config(cfg, "dense")
-            save("dense-initial", dense_search(init.model, coll, queries, k, init.max_seq_length))
+            init, encoding = student_config(cfg, "dense"), ctx.encoding("dense")
+            save("dense-initial", dense_search(init.model, coll, queries, k, init.max_seq_length, encoding=encoding))
             model, max_len = _dense_student(ctx)
-            q = query_embeddings(model, queries, max_len)
+            q = query_embeddings(model, queries, max_len, encoding=encoding)
             exact = None
             for name in index_names(cfg):
                 index, doc_ids, meta = load_index(ctx.index_dir(ev.corpus) / name)

@@ -27,8 +27,36 @@ from retrieval_kd.students.config import DenseTrainingConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingData", "last_dev_metrics", "prepare_training_data", "resolve_teacher_scores", "resume_point",
-           "train_dense", "train_from"]
+__all__ = ["TrainingData", "cpu_precision", "last_dev_metrics", "prepare_training_data", "resolve_teacher_scores",
+           "resume_point", "train_dense", "train_from", "training_precision"]
+
+
+def cpu_precision(config: DenseTrainingConfig) -> dict[str, bool]:
+    """Trainer arguments that make ``training.bf16`` (and ``bf16_full_eval``) work on a CPU; ``{}`` where none.
+
+    Without a GPU the trainer refuses bf16 unless ``use_cpu`` is set: it is set. On a CPU without bf16
+    instructions (AMX or AVX-512 BF16: :func:`retrieval_kd.encoders.backends.isa_target`) bf16 would be emulated,
+    slower than fp32: the run trains in fp32 instead, with a warning. On a GPU the trainer decides.
+    """
+    from retrieval_kd.encoders import backends
+
+    wanted = [k for k in ("bf16", "bf16_full_eval") if config.training.get(k)]
+    if not wanted:
+        return {}
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_cuda_available
+
+    if not config.training.get("use_cpu") and (is_torch_cuda_available() or is_torch_bf16_gpu_available()):
+        return {}
+    if backends.isa_target("torch-bf16") == "bf16-emulated":
+        logger.warning("%s: training.bf16: this CPU has no bf16 instructions (AMX or AVX-512 BF16), bf16 would be "
+                       "emulated and slower than fp32; training in fp32", config.name)
+        return dict.fromkeys(wanted, False)
+    return {"use_cpu": True}
+
+
+def training_precision(args) -> str:
+    """``bf16``, ``fp16`` or ``fp32``: what the trainer's arguments compute in (for the summary)."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
 def resolve_teacher_scores(store_dir: str | os.PathLike, teacher: str, query_ids) -> tuple[str, dict]:
@@ -196,7 +224,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
                       config.loss.inbatch_temperature, config.loss.mnrl_scale,
                       config.loss.inbatch_teacher_temperature)
     evaluator = dev_evaluator(collection, dev_q, run, qrels, level, queries=data.queries) if dev_q else None
-    args = config.training_arguments(sampler, has_evaluator=evaluator is not None)
+    args = config.training_arguments(sampler, has_evaluator=evaluator is not None, **cpu_precision(config))
     model.model_card_data.model_name = f"{config.name}: {Path(str(config.model)).name} distilled on {collection.name}"
     model.model_card_data.language = ["en"]
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator,
@@ -221,7 +249,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
         "train_queries": len(train_q), "dev_queries": len(dev_q), "pairs": dataset.num_rows,
         "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
         "train_seconds": round(seconds, 1), "resumed_from": resume, "dev": dev_metrics,
-        "log_history": trainer.state.log_history,
+        "precision": training_precision(args), "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
         _save(model, config, summary, clusters, overwrite=overwrite)

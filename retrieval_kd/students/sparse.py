@@ -201,7 +201,15 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
 
     from retrieval_kd.models.resolve import resolve_model
     from retrieval_kd.students.data import DistillationCollator
-    from retrieval_kd.students.dense import _save, last_dev_metrics, prepare_training_data, resume_point, train_from
+    from retrieval_kd.students.dense import (
+        _save,
+        cpu_precision,
+        last_dev_metrics,
+        prepare_training_data,
+        resume_point,
+        train_from,
+        training_precision,
+    )
     from retrieval_kd.utils.fs import check_output_folder
 
     check_output_folder(config.output_dir, "sparse-student", overwrite)
@@ -230,7 +238,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
     extra = {"learning_rate_mapping": {QUERY_WEIGHT_PATTERN: config.query_learning_rate}} if trainable else {}
     args = config.training_arguments(data.sampler, args_class=SparseEncoderTrainingArguments,
                                      router_mapping={"query": "query", "positive": "document",
-                                                     "negative": "document"}, **extra)
+                                                     "negative": "document"}, **extra, **cpu_precision(config))
     scheduler = SpladeRegularizerWeightSchedulerCallback(loss=loss, warmup_ratio=config.loss.regularizer_warmup)
     model.model_card_data.model_name = f"{config.name}: inference-free sparse student on {data.collection.name}"
     trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data.dataset, loss=loss,
@@ -244,6 +252,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
         "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
         "train_seconds": round(time.perf_counter() - t0, 1), "dev": last_dev_metrics(trainer),
         "idf_aware": config.loss.idf_aware, "teacher_scale": config.data.teacher_scale * scale,
+        "precision": training_precision(args),
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
