@@ -110,19 +110,18 @@ def slice_collection(collection, folder: Path, n_docs: int = 60, n_queries: int 
 
 def make_queries(args, collection, work: Path) -> Path:
     """The made-up training queries (crops, filtered, sampled to ``--max-queries``); returns queries.jsonl."""
-    from retrieval_kd.queries import QueryFilters, crop_queries, read_query_set, write_query_set
+    from retrieval_kd.queries import QueryFilters, crop_queries, read_query_set, sample_queries, write_query_set
 
-    out = work / f"queries-{args.method}{args.per_document}.jsonl"
-    if out.exists():
+    cap = args.max_queries or "all"
+    out = work / f"queries-{args.method}{args.per_document}-rt{args.round_trip_k}-rm{args.remove_sentence}-{cap}.jsonl"
+    if out.exists():   # the name holds every setting it was made with
         return out
     filters = QueryFilters(min_words=4, max_words=64, round_trip="bm25" if args.round_trip_k else None,
                            round_trip_k=max(1, args.round_trip_k))
     made = crop_queries(collection, args.method, args.per_document, seed=0, remove_sentence=args.remove_sentence,
                         max_span_words=32, skip_empty=True, filters=filters)
-    if args.max_queries and len(made) > args.max_queries:
-        import random
-
-        made = made.subset(sorted(random.Random(0).sample(sorted(made.queries), args.max_queries)))
+    if args.max_queries:
+        made = sample_queries(made, args.max_queries, 0)   # as the pipeline's queries.max_queries
     write_query_set(made, out)
     logging.info("%s: %s", out, read_query_set(out).counts)
     return out
@@ -331,8 +330,9 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
         weights = fitted_weights(collection, store, args.top_k, args.encoding)
         labeled_fp = teach(collection, None, "train", store, args.top_k, args.encoding, weights)
         info["labeled_teacher"] = {"weights": weights, "fingerprint": labeled_fp}
-        labeled = {**DENSE_TRAIN, **overrides, "data.dataset": ref, "data.store": str(store),
-                   "data.teacher": labeled_fp, "data.dev_fraction": 0.0}
+        # labeled_dense is today's recipe as its config has it; with the made-up queries the label-free budget
+        labeled = {**overrides, "data.dataset": ref, "data.store": str(store), "data.teacher": labeled_fp,
+                   "data.dev_fraction": 0.0}
         if "labeled_plus_generated_dense" in args.rows:
             mixed_fp = teach(collection, queries_file, None, store, args.top_k, args.encoding, weights)
             assert mixed_fp == labeled_fp
@@ -342,8 +342,9 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
             runs = []
             for seed in args.seeds:
                 out = work / f"{row}-s{seed}"
-                extra = {} if row == "labeled_dense" else {**VARIANTS[args.variant], "data.queries": str(
-                    queries_file), "data.mix_labeled": True}
+                extra = {} if row == "labeled_dense" else {**DENSE_TRAIN, **VARIANTS[args.variant], **overrides,
+                                                            "data.dev_fraction": 0.0, "data.mix_labeled": True,
+                                                            "data.queries": str(queries_file)}
                 summary = train("dense", args.dense_config, {**labeled, **extra, "training.seed": seed,
                                                              "output_dir": str(out)})
                 info.setdefault("train", {})[f"{row}-s{seed}"] = {"train_seconds": summary.get("train_seconds")}

@@ -65,6 +65,26 @@ def test_inbatch_kl_and_dual_teacher_equal_hand_computed_values():
         loss.compute_loss_from_embeddings([q, pos, neg], labels[:, :2])
 
 
+def test_inbatch_kl_leaves_out_pairs_the_teacher_scores_minus_infinity():
+    from retrieval_kd.students.data import StoredInBatchTeacher
+
+    q = _emb([[1.0, 0.0], [0.0, 1.0]])
+    docs = _emb([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    stored = StoredInBatchTeacher({"a": {"x": 2.0, "z": 1.0}, "b": {"y": 3.0, "x": 0.0}}, exclude={"a": "y"})
+    teacher = torch.from_numpy(stored.scores(["a", "b"], ["x", "y", "z"]))
+    # a's excluded source y is -inf, b's unscored z its floor 0.0
+    assert teacher[0, 1] == float("-inf") and teacher.tolist()[1] == [0.0, 3.0, 0.0]
+    tau = 0.5
+    value = inbatch_kl(q, docs, teacher, tau, tau)
+    expected = 0.0
+    for i, cols in ((0, [0, 2]), (1, [0, 1, 2])):                 # query a over x and z only
+        t = np.exp(teacher[i, cols].numpy() / tau) / np.exp(teacher[i, cols].numpy() / tau).sum()
+        logits = (q[i] @ docs[cols].T).numpy() / tau
+        s = np.exp(logits) / np.exp(logits).sum()
+        expected += (t * np.log(t / s)).sum()
+    assert float(value) == pytest.approx(expected / 2, rel=1e-5)
+
+
 def test_mnrl_baseline_equals_hand_computed_value():
     q, p, n = _emb([[1.0, 0.0], [0.0, 1.0]]), _emb([[1.0, 0.0], [0.6, 0.8]]), _emb([[0.0, 1.0], [1.0, 0.0]])
     loss = build_loss("mnrl", model=None, mnrl_scale=1.0)

@@ -103,10 +103,14 @@ def test_bad_queries_sections_name_the_key(label_free, tmp_path):
 def test_fingerprints_follow_the_queries_section(label_free, tiny_pipeline):  # noqa: F811
     base = Pipeline(load_pipeline_config(label_free))
     assert [s.name for s in base.stages][:3] == ["queries", "mine", "teach"]
-    for change in ({"queries.max_queries": 30}, {"queries.filters.round_trip_k": 3}, {"queries.positives": "both"}):
+    for change in ({"queries.max_queries": 30}, {"queries.filters.round_trip_k": 3}):
         other = Pipeline(load_pipeline_config(label_free, change))
         same = [s.name for s in base.stages if base.fingerprint(s.name) == other.fingerprint(s.name)]
         assert same == [], (change, same)  # queries -> mine -> teach -> train -> ... all run again
+    # positives are read by training alone (through the students' configs): the queries stay, training re-runs
+    other = Pipeline(load_pipeline_config(label_free, {"queries.positives": "both"}))
+    same = [s.name for s in base.stages if base.fingerprint(s.name) == other.fingerprint(s.name)]
+    assert same == ["queries", "mine", "teach"], same
     # the section reaches every student's config
     dense = base.stage("train-dense").params["config"]["data"]
     assert dense["queries"].endswith("queries/queries.jsonl") and dense["positives"] == "teacher"
@@ -198,6 +202,17 @@ def test_queries_stage_generates_resumably_and_imports(label_free, tiny_causal_l
     Pipeline(imported).run(until="queries")
     made = read_query_set(imported.work_dir / "queries" / "queries.jsonl")
     assert made.method == "import" and made.sources == {"x1": "d0", "x2": "d1"}
+
+
+def test_fitting_the_weights_beside_made_up_queries_mines_the_split_again(tiny_pipeline):  # noqa: F811
+    """On a collection with a training split, ``fit_weights`` decides whether its judged queries are mined beside
+    the made-up ones: flipping it makes ``mine`` stale, not only ``teach``."""
+    crop = {"queries.source": "crop", "queries.method": "span"}
+    fit = Pipeline(load_pipeline_config(tiny_pipeline, {**crop, "teachers.fit_weights": True}))
+    equal = Pipeline(load_pipeline_config(tiny_pipeline, {**crop, "teachers.fit_weights": False}))
+    assert fit.stage("mine").params["labeled"] is True and equal.stage("mine").params["labeled"] is False
+    assert fit.fingerprint("queries") == equal.fingerprint("queries")
+    assert fit.fingerprint("mine") != equal.fingerprint("mine")
 
 
 def test_made_up_queries_beside_a_training_split_fit_the_weights_on_its_labels(tiny_pipeline):  # noqa: F811

@@ -343,6 +343,7 @@ def test_label_free_removed_sentence_teacher_positives_and_mixing(tiny_beir, tmp
     assert {(r["query_id"], r["positive_id"], r["negative_id"]) for r in data.dataset.to_list()} == {
         (q_s1, "s3", "s2")}
     assert data.qrels[q_s1] == {"s3": 1} and data.qrels[q_s2] == {"s1": 1}
+    assert data.excluded == {q_s1: "s1", q_s2: "s2"}                  # the in-batch teacher leaves them out too
     # labelled + generated: q1 joins with its judged positive d1
     data = prepare_training_data(_config(folder, tmp_path / "scores", tmp_path / "ict.jsonl", mix_labeled=True),
                                  coll)

@@ -376,3 +376,18 @@ def test_oversized_bodies_chunked_or_on_a_kept_alive_connection_get_413(served):
     assert response.status == 413 and "a chunked request body" in json.loads(response.read())["error"]
     connection.close()
     assert_alive(server)
+
+
+def test_rkd_serve_encoding_takes_only_the_known_backends(tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+    from retrieval_kd.encoders.backends import ENCODING_CHOICES
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(tmp_path), "--encoding", "torch-fp8"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--encoding: invalid choice: 'torch-fp8'" in err and "torch-bf16-compile" in err, err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, at hyphens too
+    assert "{" + ",".join(ENCODING_CHOICES) + "}" in text and "torch-bf16-compile,onnx" in text, text

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from retrieval_kd.cli.argtypes import non_negative_float, non_negative_int, positive_int
+from retrieval_kd.encoders.backends import ENCODING_CHOICES
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NORMALIZATIONS = ("minmax", "zscore", "rrf")
@@ -87,9 +88,10 @@ def add_parser(sub) -> None:
                    help="torch and FAISS threads per search (default 1: concurrency comes from micro-batching, and "
                         "the event loop needs a core; on a busy 2-core machine torch's default of all cores ran a "
                         "MiniLM query in 100-400 ms against 12 ms on one thread; 0: their default)")
-    p.add_argument("--encoding", default=None,
-                   help="query encoder backend of the dense and sparse indexes (torch, torch-bf16, onnx, onnx-int8, "
-                        "openvino, auto; default: torch; see README, Encoding backends)")
+    p.add_argument("--encoding", choices=ENCODING_CHOICES, default=None,
+                   help="query encoder backend of the dense and sparse indexes (torch, torch-bf16, "
+                        "torch-bf16-compile, onnx, onnx-int8, openvino, auto; default: torch; see README, Encoding "
+                        "backends)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs time per request)")
     p.add_argument("--no-warmup", action="store_true", help="skip the one-query warm-up of each index at start")
     p.set_defaults(func=_serve)

@@ -66,6 +66,12 @@ def _file_identities(cfg: PipelineConfig) -> dict:
     return out
 
 
+def _queries_params(cfg: PipelineConfig) -> dict:
+    """The ``queries`` section as the queries stage reads it: ``positives`` and ``mix_labeled`` left out, they
+    reach training through the students' configs (and mining through :func:`stages.labeled_too`)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.queries).items() if k not in ("positives", "mix_labeled")}
+
+
 class Pipeline:
     """The stages of ``config``, their fingerprints and their state on disk.
 
@@ -92,11 +98,13 @@ class Pipeline:
                                           "top_k": cfg.retrieve_top_k}, []
         train_input = f"dataset {cfg.dataset} ({cfg.train_split})"
         if q.made_up:  # made-up training queries: a stage of their own, first; its section in every fingerprint
-            stages.append(Stage("queries", st.make_queries, {"dataset": cfg.dataset, "queries": dataclasses.asdict(q),
+            section = _queries_params(cfg)
+            stages.append(Stage("queries", st.make_queries, {"dataset": cfg.dataset, "queries": section,
                                                             "files": _file_identities(cfg)},
                                 [], st.queries_outputs(cfg), [f"dataset {cfg.dataset} (corpus)",
                                                               *_queries_inputs(cfg)]))
-            mine_params["queries"] = dataclasses.asdict(q)  # (absent for the split: older fingerprints hold)
+            # (absent for the split: older fingerprints hold); whether the split's judged queries join the mining
+            mine_params.update(queries=section, labeled=st.labeled_too(cfg))
             first = ["queries"]
             train_input = str(st.queries_file(cfg)) + (f" + dataset {cfg.dataset} ({cfg.train_split})"
                                                         if st.labeled_too(cfg) else "")

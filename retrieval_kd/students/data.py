@@ -115,19 +115,23 @@ class StoredInBatchTeacher:
 
     Args:
         run: ``{qid: {did: score}}`` of the teacher (already scaled like the pair labels).
+        exclude: ``{qid: did}`` pairs scored ``-inf``, which the in-batch loss leaves out: a made-up query's own
+            source under ``data.exclude_source`` (were it "unscored", it would be taught as the query's worst
+            passage whenever it is another query's positive or negative in the batch).
     """
 
-    def __init__(self, run: Mapping[str, Mapping[str, float]]):
+    def __init__(self, run: Mapping[str, Mapping[str, float]], exclude: Mapping[str, str] | None = None):
         self.run = run
         self.floor = {q: min(s.values()) for q, s in run.items() if s}
+        self.exclude = dict(exclude or {})
 
     def scores(self, query_ids: Sequence[str], doc_ids: Sequence[str]) -> np.ndarray:
         out = np.empty((len(query_ids), len(doc_ids)), dtype=np.float32)
         for i, q in enumerate(query_ids):
             if q not in self.run:
                 raise KeyError(f"the stored teacher has no scores for query {q!r}")
-            scores, floor = self.run[q], self.floor[q]
-            out[i] = [scores.get(d, floor) for d in doc_ids]
+            scores, floor, left_out = self.run[q], self.floor[q], self.exclude.get(q)
+            out[i] = [-np.inf if d == left_out else scores.get(d, floor) for d in doc_ids]
         return out
 
 

@@ -85,6 +85,7 @@ class TrainingData:
     sampler: Any
     clusters: dict | None
     queries: dict | None = None  # query texts when they are not the collection's (data.queries)
+    excluded: dict | None = None  # {qid: source} left out of the candidates (data.exclude_source)
 
     @property
     def query_texts(self) -> dict:
@@ -126,7 +127,7 @@ def prepare_training_data(config: DenseTrainingConfig, collection=None) -> Train
         clusters = _query_clusters(config, collection, train_q, batch_size, seed, queries)
     sampler = tas_sampler(config.sampler.kind, clusters, config.sampler.n_bins)
     return TrainingData(collection, fingerprint, run, qrels, level, train_q, dev_q, dataset, sampler, clusters,
-                        queries)
+                        queries, label_free.excluded if label_free is not None else None)
 
 
 def _last_complete_checkpoint(folder: str) -> str | None:
@@ -232,7 +233,8 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
     inbatch = None
     if config.loss.name == "dual" and config.loss.inbatch_teacher == "store":
         scale = config.data.teacher_scale
-        inbatch = StoredInBatchTeacher({q: {d: v * scale for d, v in run[q].items()} for q in train_q})
+        inbatch = StoredInBatchTeacher({q: {d: v * scale for d, v in run[q].items()} for q in train_q},
+                                       exclude=data.excluded)
     elif config.loss.name == "dual":
         inbatch = InBatchTeacher.from_model(config.loss.inbatch_teacher, collection,
                                             {q: data.query_texts[q] for q in train_q}, config.max_seq_length)

@@ -29,6 +29,8 @@ class LabelFreeInputs:
     level: the grade a positive has.
     fingerprint, run: the teacher's fingerprint and scores ``{qid: {doc: score}}`` of the scored queries.
     query_set: the :class:`~retrieval_kd.queries.QuerySet` (None: the split's queries, teacher positives).
+    excluded: ``{qid: source}`` dropped from the candidates (``data.exclude_source``; None: none), which the
+        in-batch teacher leaves out too.
     """
 
     queries: dict
@@ -37,6 +39,7 @@ class LabelFreeInputs:
     fingerprint: str
     run: dict
     query_set: object | None
+    excluded: dict | None = None
 
     def with_removed_spans(self, dataset, corpus):
         """Rows whose positive (or negative, with teacher positives) is a query's source get the source without
@@ -81,12 +84,14 @@ def label_free_inputs(data, collection) -> LabelFreeInputs:
         logger.warning("%s: %d of %d training queries have no %s scores and are left out; score their candidates "
                        "with rkd teach", data.store, unscored, len(queries), data.teacher)
     made = {q: s for q, s in run.items() if q not in labeled}
+    excluded = None
     if data.exclude_source and query_set is not None:
         sources = query_set.sources
-        made = {q: {d: v for d, v in s.items() if d != sources.get(q)} for q, s in made.items()}
+        excluded = {q: sources[q] for q in made if q in sources}
+        made = {q: {d: v for d, v in s.items() if d != excluded.get(q)} for q, s in made.items()}
         run = {**run, **made}
     qrels = pseudo_qrels(made, query_set.sources if query_set is not None else None, data.positives, level)
     qrels.update({q: labeled[q] for q in run if q in labeled})
     logger.info("label-free data: %d made-up queries with %s positives, %d labelled", len(made), data.positives,
                 len(run) - len(made))
-    return LabelFreeInputs(queries, qrels, level, fingerprint, run, query_set)
+    return LabelFreeInputs(queries, qrels, level, fingerprint, run, query_set, excluded)

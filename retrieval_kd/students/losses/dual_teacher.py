@@ -19,10 +19,16 @@ def inbatch_kl(query: Tensor, docs: Tensor, teacher_scores: Tensor, student_temp
     Args:
         query: ``(B, dim)`` query embeddings.
         docs: ``(N, dim)`` embeddings of the batch's passages (positives, then negatives).
-        teacher_scores: ``(B, N)`` the in-batch teacher's score of each (query, passage).
+        teacher_scores: ``(B, N)`` the in-batch teacher's score of each (query, passage); ``-inf`` leaves the
+            pair out of both distributions (e.g. a made-up query's own source, :attr:`DataConfig.exclude_source`).
     """
-    student = torch.log_softmax(query @ docs.T / student_temperature, dim=1)
-    teacher = torch.softmax(teacher_scores.detach() / teacher_temperature, dim=1)
+    teacher_scores = teacher_scores.detach()
+    masked = torch.isneginf(teacher_scores)
+    logits = query @ docs.T / student_temperature
+    if masked.any():
+        logits = logits.masked_fill(masked, -1e4)   # finite: exp() is 0, and 0 * logit stays 0 in the KL
+    student = torch.log_softmax(logits, dim=1)
+    teacher = torch.softmax(teacher_scores / teacher_temperature, dim=1)
     return nn.functional.kl_div(student, teacher, reduction="batchmean")
 
 
