@@ -3,7 +3,9 @@ BEIR folder that has only a test split, its training queries cropped from the co
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -124,7 +126,8 @@ def test_dataset_flag_runs_the_config_on_another_collection(label_free, tiny_pip
     out = _rkd("pipeline", str(label_free), "--dataset", str(other), "--dry-run", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     plan = {row["stage"]: row for row in json.loads(out.stdout)}
-    work = tmp_path / "experiments" / "lf-My-Collection"
+    digest = hashlib.sha256(str(other.resolve()).encode()).hexdigest()[:6]  # folders of one name stay apart
+    work = tmp_path / "experiments" / f"lf-My-Collection-{digest}"
     assert plan["queries"]["outputs"][0] == str(work / "queries" / "queries.jsonl")
     assert str(work / "runs" / "My-Collection-test" / "bm25.run") in plan["mine"]["outputs"]
     config = load_pipeline_config(label_free, dataset=str(other))
@@ -133,6 +136,34 @@ def test_dataset_flag_runs_the_config_on_another_collection(label_free, tiny_pip
     bad = _rkd("pipeline", str(tiny_pipeline), "--dataset", str(other), "--dry-run")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "has no split 'train'" in bad.stderr and "queries.source split" in bad.stderr
+
+
+def test_dataset_flag_keeps_same_named_folders_apart_and_says_what_it_replaces(label_free, tmp_path, caplog):
+    one = _test_only_folder(tmp_path / "a" / "scifact")
+    two = _test_only_folder(tmp_path / "b" / "scifact", seed=1)
+    names = {load_pipeline_config(label_free, dataset=str(ref)).name for ref in (one, two, "scifact")}
+    assert len(names) == 3 and "lf-scifact" in names, names  # a registered name stays plain
+    assert all(n == "lf-scifact" or (n.startswith("lf-scifact-") and len(n) == len("lf-scifact-") + 6)
+               for n in names), names
+    # the same folder, however it is written, is the same experiment
+    assert load_pipeline_config(label_free, dataset=str(one) + "/").name == load_pipeline_config(
+        label_free, dataset=str(tmp_path / "a" / ".." / "a" / "scifact")).name
+    with caplog.at_level(logging.WARNING, logger="retrieval_kd.pipeline.config"):
+        config = load_pipeline_config(label_free, {"eval": str(two)}, dataset=str(one))
+    assert [e.dataset for e in config.eval] == [str(one)]
+    assert any("--dataset" in r.getMessage() and f"eval={str(two)!r}" in r.getMessage() for r in caplog.records), \
+        caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retrieval_kd.pipeline.config"):
+        load_pipeline_config(label_free, dataset=str(one))  # the file's own eval: replaced as documented, quietly
+    assert not caplog.records, caplog.text
+
+
+def test_keys_the_loader_sets_are_unknown_in_a_file(label_free, tmp_path):
+    for key in ("on_dataset", "source"):
+        with pytest.raises(ConfigError, match=f"unknown key '{key}'") as err:
+            _load_with(label_free, tmp_path, **{key: "x"})
+        assert key not in str(err.value).split("(known: ")[1], str(err.value)
 
 
 def test_label_free_pipeline_end_to_end(label_free):

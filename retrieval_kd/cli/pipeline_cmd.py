@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", metavar="PATH_OR_NAME",
                    help="run the config on this collection (a BEIR folder or a registered name): it replaces the "
                         "config's dataset, its test split replaces eval, and the experiment folder is "
-                        "<output_root>/<name>-<collection name>")
+                        "<output_root>/<name>-<collection name>, a folder's with a short hash of its path after "
+                        "it (-1a2b3c)")
     p.add_argument("--dry-run", action="store_true", help="validate the config; list stages, inputs, outputs, state")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="run STAGE (and what reads it) even if it is up to date; repeatable")

@@ -50,7 +50,15 @@ from retrieval_kd.index.dense import INDEX_TYPES as _INDEX_KINDS
 logger = logging.getLogger(__name__)
 
 __all__ = ["EvalSet", "PipelineConfig", "QueriesConfig", "collection_name", "load_pipeline_config", "check_dataset_ref",
-           "check_split", "needs_train_split", "resolved_encoding"]
+           "check_split", "needs_train_split", "resolved_encoding", "slug"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def slug(text: str, strip: str = "-", limit: int | None = None) -> str:
+    """``text`` as a folder-safe name: each run of characters other than letters, digits and ``_ . -`` becomes
+    ``-``, then ``strip`` is taken off both ends and the result cut to ``limit`` characters."""
+    return _UNSAFE.sub("-", text).strip(strip)[:limit]
 
 
 @dataclass
@@ -69,7 +77,7 @@ class EvalSet:
     def __post_init__(self) -> None:
         if not self.name:
             base = self.dataset.removeprefix("irds:").rstrip("/")
-            self.name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{base}-{self.split}").strip("-")
+            self.name = slug(f"{base}-{self.split}")
         if not self.corpus:
             self.corpus = self.name
 
@@ -354,7 +362,7 @@ def _build(cls, values: Any, where: str, key: str):
         raise ConfigError(f"{where}: {key or 'config'} must be a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     internal = {"source", "on_dataset"} if cls is PipelineConfig else set()  # set by the loader, not file keys
-    unknown = sorted(set(values) - set(known) - internal)
+    unknown = sorted(set(values) - (set(known) - internal))
     if unknown:
         raise ConfigError(f"{where}: unknown key {'.'.join(filter(None, [key, unknown[0]]))!r} "
                           f"(known: {', '.join(k for k in known if k not in internal)})")
@@ -366,8 +374,6 @@ def _build(cls, values: Any, where: str, key: str):
     kwargs = {}
     for name, value in values.items():
         dotted = ".".join(filter(None, [key, name]))
-        if name in internal:
-            continue
         if name == "eval" and cls is PipelineConfig:
             if isinstance(value, (str, dict)):
                 value = [value]
@@ -452,14 +458,26 @@ def collection_name(ref: str) -> str:
     base = ref.removeprefix("irds:").rstrip("/\\")
     if not ref.startswith("irds:"):
         base = Path(base).name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "dataset"
+    return slug(base, strip="-.") or "dataset"
+
+
+def _experiment_suffix(ref: str, kind: str) -> str:
+    """What ``--dataset ref`` appends to the experiment's name: the collection name, and for a folder a short hash
+    of its absolute path, so ``/a/scifact``, ``/b/scifact`` and the registered ``scifact`` get folders of their
+    own."""
+    import hashlib
+
+    short = collection_name(ref)
+    if kind != "BEIR folder":
+        return short
+    return f"{short}-{hashlib.sha256(str(Path(ref).resolve()).encode()).hexdigest()[:6]}"
 
 
 def _on_dataset(values: dict, dataset: str) -> None:
     """``values`` made to run on ``dataset``: it replaces ``dataset``, its test split replaces ``eval``, and the
-    experiment folder becomes ``<name>-<collection name>``."""
+    experiment folder becomes ``<name>-<collection name>`` (for a folder, ``-<hash of its path>`` after it)."""
     try:
-        check_dataset_ref(dataset)
+        kind = check_dataset_ref(dataset)
     except ValueError as exc:
         raise ConfigError(f"--dataset: {exc}") from None
     splits = dataset_splits(dataset)
@@ -469,7 +487,7 @@ def _on_dataset(values: dict, dataset: str) -> None:
     short = collection_name(dataset)
     values["dataset"] = dataset
     values["eval"] = [{"dataset": dataset, "split": "test", "name": f"{short}-test", "corpus": short}]
-    values["name"] = f"{values['name']}-{short}"
+    values["name"] = f"{values['name']}-{_experiment_suffix(dataset, kind)}"
 
 
 def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | None = None,
@@ -480,7 +498,7 @@ def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | Non
     is loaded), student configs loadable, index types and sizes, the training queries' section, and that the
     training split exists where something needs it. ``overrides``: dotted keys set after loading. ``dataset``:
     run the config on that collection (``rkd pipeline --dataset``): it replaces ``dataset``, its ``test`` split
-    replaces ``eval``, and the experiment is ``<name>-<collection name>``.
+    replaces ``eval``, and the experiment is ``<name>-<collection name>`` (a folder: plus a short hash of its path).
     """
     from retrieval_kd.utils.yaml_config import read_config
 
@@ -497,6 +515,10 @@ def load_pipeline_config(source: str | os.PathLike | dict, overrides: dict | Non
         if not values.get(required):
             raise ValueError(f"{where}: missing required key {required!r}")
     if dataset is not None:
+        set_eval = {k: v for k, v in (overrides or {}).items() if k == "eval" or k.startswith("eval.")}
+        if set_eval:
+            logger.warning("--dataset %s replaces the eval sets, so --set %s is not used (eval was %r)", dataset,
+                           " ".join(f"{k}={v!r}" for k, v in set_eval.items()), values.get("eval"))
         _on_dataset(values, str(dataset))
     config = _build(PipelineConfig, values, where, "")
     config.source = None if isinstance(source, dict) else str(source)

@@ -31,7 +31,7 @@ import numpy as np
 
 from retrieval_kd.data.formats import atomic_write
 from retrieval_kd.encoders.backends import Encoding
-from retrieval_kd.pipeline.config import PipelineConfig, config_path, resolved_encoding, student_config
+from retrieval_kd.pipeline.config import PipelineConfig, config_path, resolved_encoding, slug, student_config
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,6 @@ def _write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as fh:
         json.dump(data, fh, indent=1, default=str)
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
 
 
 # ------------------------------------------------------------------------------------------------------ queries
@@ -318,7 +312,7 @@ def teach(ctx: Context) -> dict:
         files = {}
         with ScoreStore(eval_store) as s:
             for i, t in enumerate([*eval_members, eval_ensemble]):
-                label = "ensemble" if t is eval_ensemble else f"teacher{i}-{_slug(t.name)}"
+                label = "ensemble" if t is eval_ensemble else f"teacher{i}-{slug(t.name, limit=80)}"
                 files[label] = t.name
                 write_run(s.get(t.fingerprint, qids=list(top)), ctx.runs_dir(ev.name) / f"{label}.run", tag=label)
         summary["rerank"][ev.name] = files
