@@ -131,8 +131,9 @@ def teach(collection, queries_file: Path | None, split: str | None, store: Path,
           weights=None):
     """Candidates (BM25 + dense top-k + each query's source, or the split's judged positives) scored by the
     BM25 + MiniLM ensemble (``weights`` None: equal) into ``store``; returns the ensemble's fingerprint."""
+    from retrieval_kd.pipeline.stages import teacher_member
     from retrieval_kd.queries import read_query_set
-    from retrieval_kd.teachers import EnsembleTeacher, mine_candidates, parse_teacher, score_candidates
+    from retrieval_kd.teachers import EnsembleTeacher, mine_candidates, score_candidates
 
     queries = positives = None
     if queries_file is not None:
@@ -140,10 +141,7 @@ def teach(collection, queries_file: Path | None, split: str | None, store: Path,
         queries, positives = made.queries, {q: {d: 1} for q, d in made.sources.items()}
     candidates = mine_candidates(collection, split, top_k, sources=("bm25", "dense"), queries=queries,
                                  positives=positives, encoding=encoding)
-    members = [parse_teacher(s) for s in TEACHERS]
-    for m in members:
-        if hasattr(m, "encoding"):
-            m.encoding = encoding
+    members = [teacher_member(spec, encoding) for spec in TEACHERS]
     teacher = EnsembleTeacher(members, weights, normalization="minmax")
     score_candidates(teacher, collection, candidates, store, queries=queries)
     return teacher.fingerprint
@@ -151,14 +149,13 @@ def teach(collection, queries_file: Path | None, split: str | None, store: Path,
 
 def fitted_weights(collection, store: Path, top_k: int, encoding: str):
     """The ensemble's weights fitted on the train split's qrels (labelled rows only), as benchmarks/dense.py."""
-    from retrieval_kd.teachers import ScoreStore, fit_weights, mine_candidates, parse_teacher, score_candidates
+    from retrieval_kd.pipeline.stages import teacher_member
+    from retrieval_kd.teachers import ScoreStore, fit_weights, mine_candidates, score_candidates
 
     candidates = mine_candidates(collection, "train", top_k, sources=("bm25", "dense"), encoding=encoding)
     runs = []
     for spec in TEACHERS:
-        member = parse_teacher(spec)
-        if hasattr(member, "encoding"):
-            member.encoding = encoding
+        member = teacher_member(spec, encoding)
         score_candidates(member, collection, candidates, store)
         with ScoreStore(store) as s:
             runs.append(s.get(member.fingerprint))
@@ -379,10 +376,16 @@ def main() -> None:
                                         "hardware": hardware_info()})
     for ref in args.datasets:
         run_dataset(args, ref, overrides, results, meta)
-        with atomic_write(args.output) as fh:
-            json.dump(results, fh, indent=1)
-        with atomic_write(meta_file) as fh:
-            json.dump(meta, fh, indent=1, default=str)
+        name = Path(ref).name
+        for path, ours in ((args.output, results), (meta_file, meta)):
+            # re-read: another run may have written rows since this one started; only this dataset's are ours
+            merged = json.loads(path.read_text()) if path.exists() else {}
+            merged.setdefault(name, {}).update(ours[name])
+            merged.update({k: v for k, v in ours.items() if k not in merged or not isinstance(v, dict)})
+            if path == meta_file:
+                merged["runs"] = meta["runs"]
+            with atomic_write(path) as fh:
+                json.dump(merged, fh, indent=1, default=str)
 
 
 if __name__ == "__main__":
