@@ -141,6 +141,18 @@ def test_search_equals_the_library_retriever(served, queries, name):
     assert status == 200 and got["results"] == body["results"]
 
 
+def test_an_inference_free_index_opened_with_another_backend_answers_like_torch(tiny_indexes, queries):
+    """Its queries are static token weights whatever the backend (the graph of another backend is the document
+    side only): a --encoding torch-bf16 server once failed every sparse request with 'encode queries with torch'."""
+    from retrieval_kd import Retriever
+
+    texts = queries[:4]
+    expected = Retriever(tiny_indexes["sparse"], cache_queries=False).search(texts, k=5)
+    got = Retriever(tiny_indexes["sparse"], cache_queries=False, encoding="torch-bf16").search(texts, k=5)
+    for g, e in zip(got, expected):
+        assert_same_ranking(as_json(g), as_json(e), tol=0.0)
+
+
 def test_hybrid_and_with_text_equal_the_library(served, queries, tiny_indexes):
     from retrieval_kd import HybridRetriever
     from retrieval_kd.data import load_collection
