@@ -4,20 +4,23 @@ in-process library call on the same queries.
 Usage:
     python benchmarks/serve.py --bm25 DIR --sparse DIR --dense-flat DIR --dense-dvq DIR
         [--dataset scifact --splits train test] [--requests 600] [--concurrency 1 8 32] [--k 10] [--threads 1]
-        [--batch-window-ms 2] [--max-batch 64] [--output benchmarks/results/serve.json]
+        [--batch-window-ms 2] [--max-batch 64] [--encoding torch-bf16] [--output benchmarks/results/serve.json]
+
+The README's table: ``--encoding torch-bf16 --max-batch 16 --requests 1000`` (a batch of half the 32 clients
+encodes while the other half's answers go out and their next requests come in, so the encoder does not idle).
 
 Any of the four index flags may be left out (that index is skipped). Building them on SciFact
 (``../shared/data/scifact``; all offline):
 
-* all four from the demo: ``make demo`` writes ``experiments/scifact-demo/indexes/scifact/`` with ``flat``,
+* all four from the demo: ``make demo`` writes ``experiments/scifact-demo/indexes/scifact-test/`` with ``flat``,
   ``distill-vq-48`` (the dense student, a MiniLM fine-tune, as the query encoder) and ``sparse`` (the
   inference-free sparse student); BM25: ``rkd search bm25 --dataset scifact --split test --output /tmp/bm25.run``
   leaves its index in ``indexes/bm25/scifact``::
 
       python benchmarks/serve.py --bm25 indexes/bm25/scifact \\
-          --sparse experiments/scifact-demo/indexes/scifact/sparse \\
-          --dense-flat experiments/scifact-demo/indexes/scifact/flat \\
-          --dense-dvq experiments/scifact-demo/indexes/scifact/distill-vq-48
+          --sparse experiments/scifact-demo/indexes/scifact-test/sparse \\
+          --dense-flat experiments/scifact-demo/indexes/scifact-test/flat \\
+          --dense-dvq experiments/scifact-demo/indexes/scifact-test/distill-vq-48
 
 * or the dense ones straight from all-MiniLM-L6-v2, without the demo (minutes on 2 cores)::
 
