@@ -46,6 +46,13 @@ VARIANTS = {
     "others": {"data.positives": "teacher", "data.exclude_source": True},
     # GPL: the source (its query sentence removed, ICT) is the positive, the teacher's candidates the negatives
     "source": {"data.positives": "source"},
+    # "others" with a listwise KL over each query's candidates (the teacher's whole soft ranking, no in-batch term);
+    # temperature 0.05 on both sides, the in-batch term's student temperature (min-max scores lie in [0, 1]: at 1
+    # the teacher's distribution would be nearly flat)
+    "others-kl": {"data.positives": "teacher", "data.exclude_source": True, "loss.name": "kl",
+                  "loss.kl_temperature": 0.05},
+    # "others" with the pairwise Margin-MSE term only (no in-batch teacher)
+    "others-mse": {"data.positives": "teacher", "data.exclude_source": True, "loss.name": "margin-mse"},
 }
 DENSE_TRAIN = {"training.max_steps": 150, "training.num_train_epochs": 1, "training.learning_rate": 2.0e-5,
                "data.max_negatives": 20, "data.dev_max_queries": 200, "training.save_strategy": "no"}
