@@ -21,7 +21,9 @@ filters), candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --que
 weight per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (fitting weights needs labels), training.
 Recipes (``--variant``) are compared on a *dev carve of the made-up queries* (``data.dev_fraction``: the trainer
 reranks each dev query's candidates and scores nDCG@10 against its pseudo-positive), never on a test split; the
-variant is chosen by that dev number before test is read (``label_free.meta.json`` records both).
+second dev signal, ``teacher_dev``, is the student's nDCG@10 against the teacher's top-3 non-source documents of
+200 held-out crops. The variant is chosen by its mean rank on the two before test is read (``label_free.meta.json``
+records them and test; the README's choice of ``others-kl`` among ``others``, ``others-kl`` and ``others-mse``).
 
 Everything a row trains or scores is kept under ``--work`` and reused on the next run (a killed run resumes:
 the score store skips scored queries, a trained student folder with a summary is not trained again).
