@@ -287,12 +287,19 @@ def build_sparse_index(model: str, corpus, folder: str | os.PathLike, prune: int
     return index
 
 
-def query_side(encoder):
-    """``queries -> {qid: (token_ids, weights)}`` for a SparseEncoder: tokenised with the static weights of an
-    inference-free model (no forward pass), else encoded by the model's query route (siamese SPLADE)."""
+def query_side(model: str, encoding="torch"):
+    """``queries -> {qid: (token_ids, weights)}`` for a sparse model: tokenised with the static weights of an
+    inference-free model (no forward pass, whatever ``encoding``: another backend's graph is the document side
+    only), else encoded by the model's query route (siamese SPLADE) on the ``encoding`` backend."""
+    from retrieval_kd.encoders.backends import resolve_encoding
+    from retrieval_kd.encoders.sparse import load_sparse_encoder, sparse_query_vectors, sparse_rows
+
+    encoder = load_sparse_encoder(model)
     try:
         return QueryTokenizer.from_sparse_encoder(encoder).encode_many
     except ValueError:
-        from retrieval_kd.encoders.sparse import sparse_query_vectors, sparse_rows
-
-        return lambda queries: sparse_rows(sparse_query_vectors(encoder, queries), queries)
+        pass
+    wanted = resolve_encoding(encoding, "sparse", model)
+    if wanted.backend != getattr(getattr(encoder, "rkd_encoding", None), "backend", "torch"):
+        encoder = load_sparse_encoder(model, encoding=wanted)
+    return lambda queries: sparse_rows(sparse_query_vectors(encoder, queries), queries)

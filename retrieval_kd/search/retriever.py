@@ -127,15 +127,9 @@ class Retriever(SearcherBase):
     def _sparse_query_side(self):
         with self._lock:
             if self._query_side is None:
-                from retrieval_kd.encoders.sparse import load_sparse_encoder
                 from retrieval_kd.index.sparse import query_side
 
-                encoder = load_sparse_encoder(self.encoder, encoding=self._encoding or "torch")
-                if getattr(encoder, "siamese", True) is False:
-                    # an exported graph is the document side; an inference-free model's queries are its static
-                    # token weights (no forward pass), read from the model itself whatever the backend
-                    encoder = load_sparse_encoder(self.encoder)
-                self._query_side = query_side(encoder)
+                self._query_side = query_side(self.encoder, self._encoding or "torch")
             return self._query_side
 
     def collection(self):
