@@ -153,6 +153,17 @@ def test_an_inference_free_index_opened_with_another_backend_answers_like_torch(
         assert_same_ranking(as_json(g), as_json(e), tol=0.0)
 
 
+def test_rkd_query_encoding_on_an_inference_free_index_answers_like_torch(tiny_indexes, queries, capsys):
+    from retrieval_kd import Retriever
+    from retrieval_kd.cli.main import main
+
+    assert main(["query", str(tiny_indexes["sparse"]), queries[0], "-k", "5", "--json", "--encoding",
+                 "torch-bf16"]) == 0
+    got = [{"doc_id": h["doc_id"], "score": h["score"]} for h in json.loads(capsys.readouterr().out)]
+    expected = Retriever(tiny_indexes["sparse"], cache_queries=False).search(queries[0], k=5)
+    assert_same_ranking(got, as_json(expected), tol=1e-6)
+
+
 def test_hybrid_and_with_text_equal_the_library(served, queries, tiny_indexes):
     from retrieval_kd import HybridRetriever
     from retrieval_kd.data import load_collection

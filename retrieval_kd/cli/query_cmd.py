@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from retrieval_kd.cli.argtypes import non_negative_int, positive_int
+from retrieval_kd.encoders.backends import ENCODING_CHOICES
 
 logger = logging.getLogger(__name__)
 _SNIPPET = 100  # characters of each document shown
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
                    help="the corpus for titles and texts (default: the dataset the index was built on)")
     p.add_argument("--gpu", type=non_negative_int, default=None, metavar="DEVICE",
                    help="search a dense index on this GPU (faiss-gpu)")
+    p.add_argument("--encoding", choices=ENCODING_CHOICES, default=None,
+                   help="query encoder backend of a dense or sparse index (as rkd serve --encoding; default torch)")
     p.set_defaults(func=_query)
 
 
@@ -39,7 +42,7 @@ def _query(args) -> int:
     from retrieval_kd.search import Retriever
 
     retriever = Retriever(args.index, encoder=args.encoder, nprobe=args.nprobe, ef_search=args.ef_search,
-                          dataset=args.dataset, gpu=args.gpu)
+                          dataset=args.dataset, gpu=args.gpu, encoding=args.encoding)
     with_text = bool(retriever.describe()["dataset"])
     if not with_text:
         logger.warning("%s names no dataset: ids and scores only (give --dataset for texts)", args.index)
