@@ -191,18 +191,33 @@ def test_auto_picks_by_cpu_capability_and_logs_why(monkeypatch, caplog):
 
     amx = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
     monkeypatch.setattr(backends, "cpu_flags", lambda: amx)
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
     with caplog.at_level("INFO", logger="retrieval_kd.encoders.backends"):
         chosen = backends.resolve_encoding("auto", "dense", "some-model")
     assert (chosen.backend, chosen.isa) == ("torch-bf16", "amx-bf16") and "AMX" in chosen.reason
-    assert "torch-bf16" in caplog.text and "AMX" in caplog.text
+    assert "torch-bf16" in caplog.text and "AMX" in caplog.text and "OpenVINO" in chosen.reason
     assert chosen.cache_fields() == {"encoding": "torch-bf16", "isa": "amx-bf16"}
-    sparse = backends.resolve_encoding("auto", "sparse")  # OpenVINO's bf16 graph where it is installed
-    assert sparse.backend == ("openvino" if importlib.util.find_spec("openvino") else "torch-bf16")
+    assert backends.resolve_encoding("auto", "sparse").backend == "torch-bf16"
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert backends.resolve_encoding("auto", "dense").backend == "torch"
     assert backends.resolve_encoding("auto", "sparse").backend == "onnx"
     assert backends.resolve_encoding("torch").cache_fields() == {}
     assert backends.isa_target("onnx-int8", frozenset({"avx2"})) == "avx2"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+@pytest.mark.parametrize("flags, unit", [({"avx512f", "avx512_bf16"}, "AVX-512 BF16"),
+                                         ({"avx512f", "avx512_bf16", "amx_bf16"}, "AMX")])
+def test_auto_takes_openvino_for_dense_and_sparse_where_the_cpu_has_bf16(monkeypatch, flags, unit):
+    from retrieval_kd.encoders import backends
+
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset(flags | {"avx2"}))
+    dense, sparse = backends.resolve_encoding("auto", "dense"), backends.resolve_encoding("auto", "sparse")
+    assert dense.backend == sparse.backend == "openvino" and unit in dense.reason
+    assert dense.isa.endswith("-amx" if "amx_bf16" in flags else "-avx512")      # the vectors' target, for keys
+    assert dense.cache_fields() == {"encoding": "openvino", "isa": dense.isa}
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))   # no bf16: unchanged
+    assert [backends.resolve_encoding("auto", k).backend for k in ("dense", "sparse")] == ["torch", "onnx"]
 
 
 def test_export_model_cli_dense_runs_in_plain_onnxruntime(tiny_st_folder, tmp_path, corpus):

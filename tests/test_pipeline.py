@@ -233,14 +233,16 @@ def test_dry_run_catches_what_can_be_known_without_running(tiny_pipeline, tmp_pa
 # ------------------------------------------------------------------------------------------------------ encoding
 @pytest.fixture
 def cpu(monkeypatch):
-    """``cpu("amx_bf16", ...)``: pretend the CPU has these flags (what ``encoding: auto`` picks by); the pipeline's
-    resolutions are forgotten before and after."""
+    """``cpu("amx_bf16", ...)``: pretend the CPU has these flags (what ``encoding: auto`` picks by) and no OpenVINO
+    (so ``auto`` means torch-bf16 or fp32 whatever is installed); the pipeline's resolutions are forgotten before
+    and after."""
     from retrieval_kd.encoders import backends
     from retrieval_kd.pipeline.config import resolved_encoding
 
     def pretend(*flags):
         resolved_encoding.cache_clear()
         monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(backends, "openvino_installed", lambda: False)
 
     yield pretend
     resolved_encoding.cache_clear()

@@ -8,10 +8,11 @@
   few hundred queries it does not pay.
 * ``onnx``: an exported ONNX graph in onnxruntime, fp32, graph optimisations that keep exact GELU.
 * ``onnx-int8``: the same graph with dynamic int8 quantisation of the weight matrices (VNNI / AMX-INT8).
-* ``openvino``: the fp32 ONNX graph compiled by OpenVINO (which computes in bf16 where the CPU has AMX).
-* ``auto``: ``torch-bf16`` where the CPU has AMX or AVX-512 BF16 (``openvino`` for SPLADE document encoders
-  where it is installed and the CPU has AMX); without bf16 instructions ``onnx`` for SPLADE (the fused graph,
-  exact) and ``torch`` for dense encoders; logged with the reason.
+* ``openvino``: the fp32 ONNX graph compiled by OpenVINO (which computes in bf16 where the CPU has AMX or AVX-512 BF16).
+* ``auto``: where the CPU has AMX or AVX-512 BF16, ``openvino`` when it is installed (the fastest measured for
+  dense and SPLADE encoders alike: ``benchmarks/results/encoding.json``), else ``torch-bf16``; without bf16
+  instructions ``onnx`` for SPLADE (the fused graph, exact) and ``torch`` for dense encoders; logged with the
+  reason.
 
 Vectors are cached per :class:`Encoding`: its backend and the instruction-set target they were computed for
 (:meth:`Encoding.cache_fields`), so caches never mix int8, bf16 and fp32 vectors, and the ``torch`` backend adds
@@ -177,16 +178,24 @@ def resolve_encoding(encoding: str | Encoding | None = "torch", kind: str = "den
     return Encoding(encoding, isa_target(encoding))
 
 
+def openvino_installed() -> bool:
+    """Whether the ``openvino`` package (the ``openvino`` extra; ``make install`` installs it) can be imported."""
+    return importlib.util.find_spec("openvino") is not None
+
+
 def _auto(kind: str, flags: frozenset[str] | None = None) -> Encoding:
     flags = cpu_flags() if flags is None else flags
     if "amx_bf16" in flags or "avx512_bf16" in flags:
         unit = "AMX" if "amx_bf16" in flags else "AVX-512 BF16"
-        if kind == "sparse" and "amx_bf16" in flags and importlib.util.find_spec("openvino") is not None:
+        if openvino_installed():
             return Encoding("openvino", isa_target("openvino", flags),
-                            "the CPU has AMX and OpenVINO is installed: its bf16 run of the fused SPLADE graph is "
-                            "the fastest measured here (several times torch fp32)")
+                            f"the CPU has {unit} and OpenVINO is installed: its bf16 run of the exported graph was "
+                            "the fastest backend measured (benchmarks/results/encoding.json: 3.45x torch fp32 for a "
+                            "MiniLM student's documents, 9.43x for a SPLADE student's, against torch-bf16's 2.40x "
+                            "and 3.64x)")
         return Encoding("torch-bf16", isa_target("torch-bf16", flags),
-                        f"the CPU has {unit} (bf16 matrix arithmetic, about 3x fp32 for BERT-sized encoders)")
+                        f"the CPU has {unit} (bf16 matrix arithmetic, 2.4-3.6x fp32 for BERT-sized encoders); "
+                        "OpenVINO, faster still, is not installed (pip install 'retrieval-kd[openvino]')")
     if kind == "sparse":
         try:
             _check_installed("onnx", export=True)
