@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from retrieval_kd.encoders.backends import require
@@ -99,8 +100,10 @@ def _export_onnx(graph, tokenizer, path: Path, output: str) -> None:
     args = (sample["input_ids"].to(torch.int64), sample["attention_mask"].to(torch.int64))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    logging.getLogger("torch.onnx").setLevel(logging.WARNING)
-    with torch.inference_mode(False), torch.no_grad():
+    for noisy in ("torch.onnx", "onnxscript", "onnx_ir"):   # their INFO lines are one per rewritten graph node
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape constraints")
         program = torch.onnx.export(graph, args, dynamo=True, input_names=["input_ids", "attention_mask"],
                                     output_names=[output], dynamic_shapes=shapes, opset_version=OPSET,
                                     external_data=False, verbose=False)
