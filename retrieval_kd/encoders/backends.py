@@ -189,10 +189,8 @@ def _auto(kind: str, flags: frozenset[str] | None = None) -> Encoding:
         unit = "AMX" if "amx_bf16" in flags else "AVX-512 BF16"
         if openvino_installed():
             return Encoding("openvino", isa_target("openvino", flags),
-                            f"the CPU has {unit} and OpenVINO is installed: its bf16 run of the exported graph was "
-                            "the fastest backend measured (benchmarks/results/encoding.json: 3.45x torch fp32 for a "
-                            "MiniLM student's documents, 9.43x for a SPLADE student's, against torch-bf16's 2.40x "
-                            "and 3.64x)")
+                            f"the CPU has {unit} and OpenVINO is installed (its bf16 run of the exported graph: "
+                            "the fastest backend measured for dense and SPLADE encoders, benchmarks/results/encoding*.json)")
         return Encoding("torch-bf16", isa_target("torch-bf16", flags),
                         f"the CPU has {unit} (bf16 matrix arithmetic, 2.4-3.6x fp32 for BERT-sized encoders); "
                         "OpenVINO, faster still, is not installed (pip install 'retrieval-kd[openvino]')")
