@@ -26,13 +26,15 @@ second dev signal, ``teacher_dev``, is the student's nDCG@10 against the teacher
 records them and test; the README's choice of ``others-kl`` among ``others``, ``others-kl`` and ``others-mse``).
 
 Everything a row trains or scores is kept under ``--work`` and reused on the next run (a killed run resumes:
-the score store skips scored queries, a trained student folder with a summary is not trained again).
+the score store skips scored queries, a trained student folder with a summary is not trained again; its name
+carries the row, the recipe, the seed and a hash of the ``--set`` overrides, so runs with other settings keep theirs).
 Writes benchmarks/results/label_free.json (merged into what is there) and label_free.meta.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -174,6 +176,14 @@ def fitted_weights(collection, store: Path, top_k: int, encoding: str):
 
 
 # -- students ----------------------------------------------------------------------------------------------------
+def settings_tag(overrides: dict) -> str:
+    """A folder-name suffix for the ``--set`` overrides of a run (empty without any), so that runs of the same row,
+    recipe and seed with other settings keep their own trained students."""
+    if not overrides:
+        return ""
+    return "-" + hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
 def train(kind: str, config_file: Path, overrides: dict) -> dict:
     """Train (or reuse a finished run in the same folder with the same settings); returns the summary."""
     from retrieval_kd.students import load_config, load_sparse_config, train_dense, train_sparse
@@ -310,7 +320,7 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
             continue
         runs = []
         for seed in args.seeds:
-            out = work / f"{row}-{args.variant}-s{seed}"
+            out = work / f"{row}-{args.variant}-s{seed}{settings_tag(overrides)}"
             if kind == "dense":
                 summary = train(kind, args.dense_config, {**base, "training.seed": seed, "output_dir": str(out)})
                 runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
@@ -325,8 +335,8 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
                 summary = train(kind, args.sparse_config, sparse)
                 runs.append((seed, sparse_run(str(out), collection, ref, work / f"{out.name}-index",
                                               args.encoding)))
-            info.setdefault("train", {})[f"{row}-{args.variant}-s{seed}"] = {
-                "variant": args.variant, "settings": VARIANTS[args.variant], "dev": summary.get("dev"),
+            info.setdefault("train", {})[out.name] = {
+                "variant": args.variant, "settings": {**VARIANTS[args.variant], **overrides}, "dev": summary.get("dev"),
                 "train_seconds": summary.get("train_seconds"), "steps": summary.get("steps")}
         record(row, runs)
     if {"labeled_dense", "labeled_plus_generated_dense"} & set(args.rows):
@@ -347,13 +357,14 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
                 continue
             runs = []
             for seed in args.seeds:
-                out = work / f"{row}-s{seed}"
+                out = work / f"{row}-s{seed}{settings_tag(overrides)}"
                 extra = {} if row == "labeled_dense" else {**DENSE_TRAIN, **VARIANTS[args.variant], **overrides,
                                                             "data.dev_fraction": 0.0, "data.mix_labeled": True,
                                                             "data.queries": str(queries_file)}
                 summary = train("dense", args.dense_config, {**labeled, **extra, "training.seed": seed,
                                                              "output_dir": str(out)})
-                info.setdefault("train", {})[f"{row}-s{seed}"] = {"train_seconds": summary.get("train_seconds")}
+                info.setdefault("train", {})[out.name] = {"train_seconds": summary.get("train_seconds"),
+                                                          "settings": overrides}
                 runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
             record(row, runs)
     tests = {}
