@@ -218,14 +218,11 @@ def sparse_run(model: str, collection, ref: str, folder: Path, encoding: str):
     return Retriever(folder, dataset=ref).search_run(collection.queries("test"), 1000)
 
 
-def teacher_dev(model: str, collection, queries_file: Path, store: Path, fingerprint: str, seed: int,
-                max_seq_length: int, encoding: str) -> float:
-    """The label-free selection criterion: nDCG@10 of ``model`` on the dev carve of the made-up queries (the
+def teacher_dev(search, collection, queries_file: Path, store: Path, fingerprint: str, seed: int) -> float:
+    """The label-free selection criterion: nDCG@10 of a student on the dev carve of the made-up queries (the
     queries the trainer held out with ``seed``), judged by the teacher's top 3 documents other than the query's
-    source (grades 3, 2, 1), the source left out of the ranking. No label, no test query."""
-    import numpy as np
-
-    from retrieval_kd.encoders import corpus_embeddings, query_embeddings
+    source (grades 3, 2, 1), the source left out of the ranking. No label, no test query. ``search`` maps
+    ``{qid: text}`` to the student's ranking ``{qid: [doc id, ...]}`` (at least 11 deep)."""
     from retrieval_kd.eval import evaluate
     from retrieval_kd.queries import read_query_set
     from retrieval_kd.students.data import split_dev
@@ -240,16 +237,37 @@ def teacher_dev(model: str, collection, queries_file: Path, store: Path, fingerp
     for q in dev:
         ranked = sorted((d for d in run[q] if d != sources[q]), key=lambda d: (-run[q][d], d))[:3]
         qrels[q] = {d: 3 - i for i, d in enumerate(ranked)}
-    docs = np.asarray(corpus_embeddings(model, collection.corpus, max_seq_length, encoding=encoding))
-    q_emb = np.asarray(query_embeddings(model, {q: made.queries[q] for q in dev}, max_seq_length,
-                                        encoding=encoding))
-    ids = collection.corpus.ids
-    top = np.argsort(-(q_emb @ docs.T), axis=1)[:, :11]
+    ranking = search({q: made.queries[q] for q in dev})
     student = {}
-    for q, row in zip(dev, top):
-        hits = [ids[i] for i in row if ids[i] != sources[q]][:10]
+    for q in dev:
+        hits = [d for d in ranking[q] if d != sources[q]][:10]
         student[q] = {d: float(10 - r) for r, d in enumerate(hits)}
     return round(evaluate(qrels, student, ["ndcg@10"], 1).scores["ndcg@10"], 4)
+
+
+def dense_ranking(model: str, collection, max_seq_length: int, encoding: str):
+    """``search`` of :func:`teacher_dev` for a dense model: exact cosine top-11 over the corpus."""
+    import numpy as np
+
+    from retrieval_kd.encoders import corpus_embeddings, query_embeddings
+
+    def search(queries: dict) -> dict:
+        docs = np.asarray(corpus_embeddings(model, collection.corpus, max_seq_length, encoding=encoding))
+        q_emb = np.asarray(query_embeddings(model, queries, max_seq_length, encoding=encoding))
+        ids = collection.corpus.ids
+        top = np.argsort(-(q_emb @ docs.T), axis=1)[:, :11]
+        return {q: [ids[i] for i in row] for q, row in zip(queries, top)}
+    return search
+
+
+def sparse_ranking(folder: Path, ref: str):
+    """``search`` of :func:`teacher_dev` for a sparse student's index folder."""
+    from retrieval_kd.search.retriever import Retriever
+
+    def search(queries: dict) -> dict:
+        run = Retriever(folder, dataset=ref).search_run(queries, 11)
+        return {q: sorted(run.get(q, {}), key=lambda d: (-run[q][d], d)) for q in queries}
+    return search
 
 
 def per_query(collection, run) -> dict:
@@ -306,8 +324,8 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
         from retrieval_kd.students import load_config
 
         init_model = load_config(args.dense_config).model
-        info["teacher_dev"]["init_dense"] = teacher_dev(init_model, collection, queries_file, store, fingerprint, 0,
-                                                        seq, args.encoding)
+        info["teacher_dev"]["init_dense"] = teacher_dev(dense_ranking(init_model, collection, seq, args.encoding),
+                                                        collection, queries_file, store, fingerprint, 0)
         info["queries"] = {"file": str(queries_file), "counts": read_query_set(queries_file).counts,
                            "method": args.method, "per_document": args.per_document,
                            "round_trip_k": args.round_trip_k, "seconds_to_teacher_scores":
@@ -324,17 +342,19 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
             if kind == "dense":
                 summary = train(kind, args.dense_config, {**base, "training.seed": seed, "output_dir": str(out)})
                 runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
-                info["teacher_dev"][out.name] = teacher_dev(str(out), collection, queries_file, store, fingerprint,
-                                                            seed, seq, args.encoding)
-                print(json.dumps({"teacher_dev": {out.name: info["teacher_dev"][out.name],
-                                                  "init_dense": info["teacher_dev"]["init_dense"]}}), flush=True)
+                info["teacher_dev"][out.name] = teacher_dev(dense_ranking(str(out), collection, seq, args.encoding),
+                                                            collection, queries_file, store, fingerprint, seed)
             else:
                 sparse = {**SPARSE_TRAIN, **{k: v for k, v in base.items() if k.startswith("data.")},
-                          **VARIANTS[args.variant], **overrides, "data.dev_fraction": 0.0,
-                          "training.seed": seed, "output_dir": str(out), "idf_file": str(work / "idf.json")}
+                          **VARIANTS[args.variant], **overrides, "training.seed": seed, "output_dir": str(out),
+                          "idf_file": str(work / "idf.json")}
                 summary = train(kind, args.sparse_config, sparse)
-                runs.append((seed, sparse_run(str(out), collection, ref, work / f"{out.name}-index",
-                                              args.encoding)))
+                folder = work / f"{out.name}-index"
+                runs.append((seed, sparse_run(str(out), collection, ref, folder, args.encoding)))
+                info["teacher_dev"][out.name] = teacher_dev(sparse_ranking(folder, ref), collection, queries_file,
+                                                            store, fingerprint, seed)
+            print(json.dumps({"teacher_dev": {out.name: info["teacher_dev"][out.name],
+                                              "init_dense": info["teacher_dev"]["init_dense"]}}), flush=True)
             info.setdefault("train", {})[out.name] = {
                 "variant": args.variant, "settings": {**VARIANTS[args.variant], **overrides}, "dev": summary.get("dev"),
                 "train_seconds": summary.get("train_seconds"), "steps": summary.get("steps")}

@@ -302,7 +302,8 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
             total += float(m.get("seconds", 0))
             lines.append(f"| {name} | {m.get('seconds')} | {m.get('fingerprint')} |")
     lines += [f"| total (each stage's last run, report excluded) | {total:.1f} | |", "", "## Hardware and versions", "",
-              f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores), torch threads {hw.get('torch_threads')}, "
+              f"- CPU: {hw.get('cpu')}{f' ({gen})' if (gen := hw.get('cpu_generation')) else ''} "
+              f"({hw.get('cores')} cores), torch threads {hw.get('torch_threads')}, "
               f"GPU: {hw.get('cuda') or 'none'}",
               f"- Python {hw.get('python')} on {hw.get('platform')}",
               "- " + ", ".join(f"{k} {v}" for k, v in hw.get("versions", {}).items()), ""]
