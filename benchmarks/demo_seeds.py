@@ -4,8 +4,8 @@ Usage (after `make demo`; reads its dense student and the corpus embeddings it c
   python benchmarks/demo_seeds.py [--experiment experiments/scifact-demo] [--m 48 16] [--seeds 0 1 2]
 
 One k-means initialisation per row is what `make demo` can afford; this says how far a row moves with the seed
-alone (same student, same vectors, the demo's settings: nlist 64, nprobe 8, Distill-VQ 4 epochs on the training
-queries plus 3000 pseudo-queries, the epoch picked on 10% held-out training queries), so that a row that moved
+alone (same student, same vectors, the demo's settings read from its config.json: nlist, nprobe, Distill-VQ's
+epochs, pseudo-queries and held-out share), so that a row that moved
 between two demo runs can be told apart from a change that made it worse. No test query trains or selects
 anything; nDCG@10 on SciFact test is read at the end. Writes benchmarks/results/demo_seeds.json.
 """
@@ -46,17 +46,20 @@ def main() -> None:
 
     faiss.omp_set_num_threads(1)
     model = str(args.experiment / "models" / "dense")
-    if not Path(model).is_dir():
-        raise SystemExit(f"{model}: no dense student (run make demo first)")
+    flat = args.experiment / "indexes" / f"{args.dataset}-test" / "flat" / "rkd_index.json"
+    if not Path(model).is_dir() or not flat.is_file():
+        raise SystemExit(f"{args.experiment}: no dense student or flat index (run make demo first)")
+    ix = json.loads((args.experiment / "config.json").read_text())["index"]  # the demo's own settings
+    max_len = json.loads(flat.read_text())["max_seq_length"]
     coll = load_collection(args.dataset)
     encoding = resolve_encoding(args.encoding, "dense", model=model)
-    docs = np.ascontiguousarray(corpus_embeddings(model, coll.corpus, 256, encoding=encoding), dtype=np.float32)
-    train_q = query_embeddings(model, coll.queries("train"), 256, encoding=encoding)
+    docs = np.ascontiguousarray(corpus_embeddings(model, coll.corpus, max_len, encoding=encoding), dtype=np.float32)
+    train_q = query_embeddings(model, coll.queries("train"), max_len, encoding=encoding)
     test = coll.queries("test")
-    q = query_embeddings(model, test, 256, encoding=encoding)
+    q = query_embeddings(model, test, max_len, encoding=encoding)
 
     def ndcg(index) -> float:
-        scores, rows = search_index(index, q, 1000, nprobe=8)
+        scores, rows = search_index(index, q, 1000, nprobe=ix["nprobe"])
         run = hits_to_run(scores, rows, coll.corpus.ids, list(test))
         return round(evaluate(coll.qrels("test"), run, ["ndcg@10"], 1).scores["ndcg@10"], 4)
 
@@ -65,9 +68,10 @@ def main() -> None:
         for seed in args.seeds:
             t0 = time.perf_counter()
             rows.setdefault(f"ivfpq-{m}", {})[str(seed)] = ndcg(
-                build_faiss_index("ivfpq", docs, nlist=64, m=m, seed=seed))
-            config = DistillVQConfig(pseudo_queries=3000, seed=seed, epochs=4, holdout=0.1, holdout_nprobe=8,
-                                     nlist=64, m=m)
+                build_faiss_index("ivfpq", docs, nlist=ix["nlist"], m=m, seed=seed))
+            # as the pipeline's index stage: its defaults, the config's distill_vq, the seed varied
+            config = DistillVQConfig(**{"pseudo_queries": 3000, **ix["distill_vq"], "seed": seed, "nlist": ix["nlist"],
+                                        "m": m})
             trained = train_distill_vq(docs, train_q, config)
             rows.setdefault(f"distill-vq-{m}", {})[str(seed)] = ndcg(
                 export_faiss(trained.module, lists=trained.lists, codes=trained.codes))
