@@ -80,6 +80,9 @@ def parse_args():
     p.add_argument("--max-queries", type=int, default=None, help="a seeded sample of the made-up queries")
     p.add_argument("--round-trip-k", type=int, default=10, help="BM25 round-trip filter (0: none)")
     p.add_argument("--top-k", type=int, default=30, help="BM25 and dense candidates per query (each)")
+    p.add_argument("--teachers", nargs="+", default=TEACHERS, metavar="SPEC",
+                   help="ensemble members (min-max, equal weights on the label-free rows; fitted on train on the "
+                        "labelled ones), e.g. bi-encoder:sentence-transformers/all-mpnet-base-v2")
     p.add_argument("--encoding", default="torch-bf16", help="backend of every corpus/query encoding (both sides)")
     p.add_argument("--dense-config", type=Path, default=ROOT / "configs" / "dense" / "scifact-demo.yaml")
     p.add_argument("--sparse-config", type=Path, default=ROOT / "configs" / "sparse" / "scifact-demo.yaml")
@@ -139,9 +142,9 @@ def make_queries(args, collection, work: Path) -> Path:
 
 
 def teach(collection, queries_file: Path | None, split: str | None, store: Path, top_k: int, encoding: str,
-          weights=None):
+          teachers: list[str], weights=None):
     """Candidates (BM25 + dense top-k + each query's source, or the split's judged positives) scored by the
-    BM25 + MiniLM ensemble (``weights`` None: equal) into ``store``; returns the ensemble's fingerprint."""
+    ensemble of ``teachers`` (``weights`` None: equal) into ``store``; returns the ensemble's fingerprint."""
     from retrieval_kd.pipeline.stages import teacher_member
     from retrieval_kd.queries import read_query_set
     from retrieval_kd.teachers import EnsembleTeacher, mine_candidates, score_candidates
@@ -152,20 +155,20 @@ def teach(collection, queries_file: Path | None, split: str | None, store: Path,
         queries, positives = made.queries, {q: {d: 1} for q, d in made.sources.items()}
     candidates = mine_candidates(collection, split, top_k, sources=("bm25", "dense"), queries=queries,
                                  positives=positives, encoding=encoding)
-    members = [teacher_member(spec, encoding) for spec in TEACHERS]
+    members = [teacher_member(spec, encoding) for spec in teachers]
     teacher = EnsembleTeacher(members, weights, normalization="minmax")
     score_candidates(teacher, collection, candidates, store, queries=queries)
     return teacher.fingerprint
 
 
-def fitted_weights(collection, store: Path, top_k: int, encoding: str):
+def fitted_weights(collection, store: Path, top_k: int, encoding: str, teachers: list[str]):
     """The ensemble's weights fitted on the train split's qrels (labelled rows only), as benchmarks/dense.py."""
     from retrieval_kd.pipeline.stages import teacher_member
     from retrieval_kd.teachers import ScoreStore, fit_weights, mine_candidates, score_candidates
 
     candidates = mine_candidates(collection, "train", top_k, sources=("bm25", "dense"), encoding=encoding)
     runs = []
-    for spec in TEACHERS:
+    for spec in teachers:
         member = teacher_member(spec, encoding)
         score_candidates(member, collection, candidates, store)
         with ScoreStore(store) as s:
@@ -297,7 +300,9 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
     if args.smoke:
         ref = slice_collection(load_collection(ref), work / "slice")
     collection = load_collection(ref)
-    rows, info = results.setdefault(name, {}), meta.setdefault(name, {"dataset": ref, "teachers": TEACHERS})
+    rows, info = results.setdefault(name, {}), meta.setdefault(name, {"dataset": ref})
+    # trained folders carry the teachers in their settings hash unless they are the default ones
+    tag = settings_tag(overrides if args.teachers == TEACHERS else {**overrides, "teachers": args.teachers})
     per_q = {}
     seq = 64 if args.smoke else 256
 
@@ -319,12 +324,12 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
         t0 = time.perf_counter()
         queries_file = make_queries(args, collection, work)
         store = work / "scores"
-        fingerprint = teach(collection, queries_file, None, store, args.top_k, args.encoding)
+        fingerprint = teach(collection, queries_file, None, store, args.top_k, args.encoding, args.teachers)
         info["teacher_dev"] = info.get("teacher_dev", {})
         from retrieval_kd.students import load_config
 
         init_model = load_config(args.dense_config).model
-        info["teacher_dev"]["init_dense"] = teacher_dev(dense_ranking(init_model, collection, seq, args.encoding),
+        info["teacher_dev"][f"init_dense{tag}"] = teacher_dev(dense_ranking(init_model, collection, seq, args.encoding),
                                                         collection, queries_file, store, fingerprint, 0)
         info["queries"] = {"file": str(queries_file), "counts": read_query_set(queries_file).counts,
                            "method": args.method, "per_document": args.per_document,
@@ -338,7 +343,7 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
             continue
         runs = []
         for seed in args.seeds:
-            out = work / f"{row}-{args.variant}-s{seed}{settings_tag(overrides)}"
+            out = work / f"{row}-{args.variant}-s{seed}{tag}"
             if kind == "dense":
                 summary = train(kind, args.dense_config, {**base, "training.seed": seed, "output_dir": str(out)})
                 runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
@@ -354,37 +359,38 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
                 info["teacher_dev"][out.name] = teacher_dev(sparse_ranking(folder, ref), collection, queries_file,
                                                             store, fingerprint, seed)
             print(json.dumps({"teacher_dev": {out.name: info["teacher_dev"][out.name],
-                                              "init_dense": info["teacher_dev"]["init_dense"]}}), flush=True)
+                                              "init_dense": info["teacher_dev"][f"init_dense{tag}"]}}), flush=True)
             info.setdefault("train", {})[out.name] = {
-                "variant": args.variant, "settings": {**VARIANTS[args.variant], **overrides}, "dev": summary.get("dev"),
+                "variant": args.variant, "settings": {**VARIANTS[args.variant], **overrides}, "teachers": args.teachers,
+                "dev": summary.get("dev"),
                 "train_seconds": summary.get("train_seconds"), "steps": summary.get("steps")}
         record(row, runs)
     if {"labeled_dense", "labeled_plus_generated_dense"} & set(args.rows):
         if "train" not in collection.splits:
             raise SystemExit(f"{name}: labelled rows need a train split")
         store = work / "labeled-scores"
-        weights = fitted_weights(collection, store, args.top_k, args.encoding)
-        labeled_fp = teach(collection, None, "train", store, args.top_k, args.encoding, weights)
-        info["labeled_teacher"] = {"weights": weights, "fingerprint": labeled_fp}
+        weights = fitted_weights(collection, store, args.top_k, args.encoding, args.teachers)
+        labeled_fp = teach(collection, None, "train", store, args.top_k, args.encoding, args.teachers, weights)
+        info["labeled_teacher"] = {"members": args.teachers, "weights": weights, "fingerprint": labeled_fp}
         # labeled_dense is today's recipe as its config has it; with the made-up queries the label-free budget
         labeled = {**overrides, "data.dataset": ref, "data.store": str(store), "data.teacher": labeled_fp,
                    "data.dev_fraction": 0.0}
         if "labeled_plus_generated_dense" in args.rows:
-            mixed_fp = teach(collection, queries_file, None, store, args.top_k, args.encoding, weights)
+            mixed_fp = teach(collection, queries_file, None, store, args.top_k, args.encoding, args.teachers, weights)
             assert mixed_fp == labeled_fp
         for row in ("labeled_dense", "labeled_plus_generated_dense"):
             if row not in args.rows:
                 continue
             runs = []
             for seed in args.seeds:
-                out = work / f"{row}-s{seed}{settings_tag(overrides)}"
+                out = work / f"{row}-s{seed}{tag}"
                 extra = {} if row == "labeled_dense" else {**DENSE_TRAIN, **VARIANTS[args.variant], **overrides,
                                                             "data.dev_fraction": 0.0, "data.mix_labeled": True,
                                                             "data.queries": str(queries_file)}
                 summary = train("dense", args.dense_config, {**labeled, **extra, "training.seed": seed,
                                                              "output_dir": str(out)})
                 info.setdefault("train", {})[out.name] = {"train_seconds": summary.get("train_seconds"),
-                                                          "settings": overrides}
+                                                          "settings": overrides, "teachers": args.teachers}
                 runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
             record(row, runs)
     tests = {}
