@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_kd.students.losses import DualTeacherLoss, build_loss, inbatch_kl
+from retrieval_kd.students.losses import DualTeacherLoss, build_loss, inbatch_hard, inbatch_kl
 from retrieval_kd.students.sampler import TASBalancedBatchSampler, margin_bins, tas_sampler
 
 from .conftest import ROOT
@@ -83,6 +83,37 @@ def test_inbatch_kl_leaves_out_pairs_the_teacher_scores_minus_infinity():
         s = np.exp(logits) / np.exp(logits).sum()
         expected += (t * np.log(t / s)).sum()
     assert float(value) == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_dual_teacher_hard_target_term_equals_hand_computed_cross_entropy():
+    q = _emb([[1.0, 0.0], [0.0, 1.0]])
+    pos, neg = _emb([[1.0, 0.0], [0.6, 0.8]]), _emb([[0.0, 1.0], [1.0, 0.0]])
+    inbatch = _emb([[0.9, 0.1, 0.2, 0.8], [0.1, 0.9, 0.8, 0.2]])
+    inbatch[1, 3] = float("-inf")                               # query 2's own source n2: left out
+    labels = torch.cat([_emb([[1.0, 0.0], [0.2, 0.4]]), inbatch], dim=1)
+    tau = 0.5
+    plain = DualTeacherLoss(model=None, inbatch_weight=0.5, student_temperature=tau, teacher_temperature=tau)
+    hinton = DualTeacherLoss(model=None, inbatch_weight=0.5, student_temperature=tau, teacher_temperature=tau,
+                             label_weight=2.0)
+    docs = np.array([[1, 0], [0.6, 0.8], [0, 1], [1, 0]])
+    logits = np.array([[1, 0], [0, 1]]) @ docs.T / tau
+    ce = [-(logits[0, 0] - math.log(np.exp(logits[0]).sum())),
+          -(logits[1, 1] - math.log(np.exp(logits[1, :3]).sum()))]  # over p1, p2, n1 only
+    assert float(inbatch_hard(q, torch.cat([pos, neg]), inbatch, tau)) == pytest.approx(sum(ce) / 2, rel=1e-5)
+    extra = hinton.compute_loss_from_embeddings([q, pos, neg], labels) - \
+        plain.compute_loss_from_embeddings([q, pos, neg], labels)
+    assert float(extra) == pytest.approx(2.0 * sum(ce) / 2, rel=1e-5)
+
+
+def test_label_weight_needs_the_dual_loss():
+    from retrieval_kd.students import load_config
+    from retrieval_kd.students.config import ConfigError
+
+    assert load_config({}, {"loss.name": "dual", "loss.label_weight": 0.5}).loss.label_weight == 0.5
+    with pytest.raises(ConfigError, match="label_weight is a term of the dual loss"):
+        load_config({}, {"loss.name": "margin-mse", "loss.label_weight": 1.0})
+    with pytest.raises(ConfigError, match="label_weight must be a number >= 0"):
+        load_config({}, {"loss.name": "dual", "loss.label_weight": "heavy"})
 
 
 def test_mnrl_baseline_equals_hand_computed_value():

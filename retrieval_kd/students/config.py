@@ -97,6 +97,8 @@ class LossConfig:
             did not score for a query gets that query's lowest score) or a SentenceTransformer whose cached
             embeddings score every pair.
         mnrl_scale: similarity scale of MultipleNegativesRankingLoss.
+        label_weight: ``dual`` only: weight of Hinton's hard-target term (each query's positive against the batch's
+            other passages, at the in-batch temperature) beside the teacher's soft targets; 0 leaves it out.
     """
 
     name: str = "margin-mse"
@@ -106,6 +108,7 @@ class LossConfig:
     inbatch_teacher_temperature: float | None = None
     inbatch_teacher: str = "store"
     mnrl_scale: float = 20.0
+    label_weight: float = 0.0
 
 
 @dataclass
@@ -302,6 +305,11 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
     allowed = ("margin-mse", "kl") if isinstance(config, SparseTrainingConfig) else tuple(LOSSES)
     if config.loss.name not in allowed:
         raise ValueError(f"{where}: loss.name {config.loss.name!r} is not one of {sorted(allowed)}")
+    lw = config.loss.label_weight
+    if isinstance(lw, bool) or not isinstance(lw, (int, float)) or lw < 0:
+        raise ConfigError(f"{where}: loss.label_weight must be a number >= 0, got {lw!r}")
+    if lw and config.loss.name != "dual":
+        raise ConfigError(f"{where}: loss.label_weight is a term of the dual loss; loss.name is {config.loss.name!r}")
     if config.sampler.kind not in SAMPLERS:
         raise ValueError(f"{where}: sampler.kind {config.sampler.kind!r} is not one of {list(SAMPLERS)}")
     if not 0 <= config.data.dev_fraction < 1:

@@ -223,7 +223,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
     model.max_seq_length = config.train_max_length or config.max_seq_length
     loss = build_loss(config.loss.name, model, config.loss.kl_temperature, config.loss.inbatch_weight,
                       config.loss.inbatch_temperature, config.loss.mnrl_scale,
-                      config.loss.inbatch_teacher_temperature)
+                      config.loss.inbatch_teacher_temperature, config.loss.label_weight)
     evaluator = dev_evaluator(collection, dev_q, run, qrels, level, queries=data.queries) if dev_q else None
     args = config.training_arguments(sampler, has_evaluator=evaluator is not None, **cpu_precision(config))
     model.model_card_data.model_name = f"{config.name}: {Path(str(config.model)).name} distilled on {collection.name}"
