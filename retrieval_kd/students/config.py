@@ -305,11 +305,8 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
     allowed = ("margin-mse", "kl") if isinstance(config, SparseTrainingConfig) else tuple(LOSSES)
     if config.loss.name not in allowed:
         raise ValueError(f"{where}: loss.name {config.loss.name!r} is not one of {sorted(allowed)}")
-    lw = config.loss.label_weight
-    if isinstance(lw, bool) or not isinstance(lw, (int, float)) or lw < 0:
-        raise ConfigError(f"{where}: loss.label_weight must be a number >= 0, got {lw!r}")
-    if lw and config.loss.name != "dual":
-        raise ConfigError(f"{where}: loss.label_weight is a term of the dual loss; loss.name is {config.loss.name!r}")
+    if isinstance(config.loss, LossConfig):
+        _check_label_weight(config.loss, where)
     if config.sampler.kind not in SAMPLERS:
         raise ValueError(f"{where}: sampler.kind {config.sampler.kind!r} is not one of {list(SAMPLERS)}")
     if not 0 <= config.data.dev_fraction < 1:
@@ -320,6 +317,14 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
     _check_training(config.training, where)
     _check_positives(config.data, where)
     return config
+
+
+def _check_label_weight(loss: LossConfig, where: str) -> None:
+    lw = loss.label_weight
+    if isinstance(lw, bool) or not isinstance(lw, (int, float)) or lw < 0:
+        raise ConfigError(f"{where}: loss.label_weight must be a number >= 0, got {lw!r}")
+    if lw and loss.name != "dual":
+        raise ConfigError(f"{where}: loss.label_weight is a term of the dual loss; loss.name is {loss.name!r}")
 
 
 def _check_training(training: dict, where: str) -> None:
