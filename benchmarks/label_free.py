@@ -4,6 +4,8 @@ Usage:
   python benchmarks/label_free.py --rows bm25 init_dense label_free_dense --seeds 0 1      # SciFact, crop queries
   python benchmarks/label_free.py --datasets cranfield --rows bm25 init_dense label_free_dense
   python benchmarks/label_free.py --variant source --rows label_free_dense     # another recipe (VARIANTS)
+  python benchmarks/label_free.py --teachers bm25 bi-encoder:sentence-transformers/all-MiniLM-L6-v2 \
+      bi-encoder:sentence-transformers/all-mpnet-base-v2 --rows label_free_dense   # another teacher ensemble
   python benchmarks/label_free.py --smoke                                      # the wiring only, 60 documents
 
 Rows (results keys ``<dataset>.<row>``, nDCG@10 on the *test* split; a row trained with several seeds holds
@@ -18,7 +20,8 @@ their mean, each seed and the paired t-tests in ``label_free.meta.json``):
 
 A label-free row: queries cropped from the corpus (``rkd queries crop``; length, duplicate and round-trip
 filters), candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --queries``), teacher = the equal-
-weight per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (fitting weights needs labels), training.
+weight per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (``--teachers``; fitting weights needs labels),
+training.
 Recipes (``--variant``) are compared on a *dev carve of the made-up queries* (``data.dev_fraction``: the trainer
 reranks each dev query's candidates and scores nDCG@10 against its pseudo-positive), never on a test split; the
 second dev signal, ``teacher_dev``, is the student's nDCG@10 against the teacher's top-3 non-source documents of
