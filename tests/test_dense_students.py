@@ -92,9 +92,9 @@ def test_dual_teacher_hard_target_term_equals_hand_computed_cross_entropy():
     inbatch[1, 3] = float("-inf")                               # query 2's own source n2: left out
     labels = torch.cat([_emb([[1.0, 0.0], [0.2, 0.4]]), inbatch], dim=1)
     tau = 0.5
-    plain = DualTeacherLoss(model=None, inbatch_weight=0.5, student_temperature=tau, teacher_temperature=tau)
-    hinton = DualTeacherLoss(model=None, inbatch_weight=0.5, student_temperature=tau, teacher_temperature=tau,
-                             label_weight=2.0)
+    plain = DualTeacherLoss(model=None, inbatch_weight=0.5, student_temperature=tau, teacher_temperature=0.25)
+    hinton = build_loss("dual", None, inbatch_weight=0.5, inbatch_temperature=tau, inbatch_teacher_temperature=0.25,
+                        label_weight=2.0)   # the hard targets at the *student's* temperature
     docs = np.array([[1, 0], [0.6, 0.8], [0, 1], [1, 0]])
     logits = np.array([[1, 0], [0, 1]]) @ docs.T / tau
     ce = [-(logits[0, 0] - math.log(np.exp(logits[0]).sum())),
@@ -114,6 +114,8 @@ def test_label_weight_needs_the_dual_loss():
         load_config({}, {"loss.name": "margin-mse", "loss.label_weight": 1.0})
     with pytest.raises(ConfigError, match="label_weight must be a number >= 0"):
         load_config({}, {"loss.name": "dual", "loss.label_weight": "heavy"})
+    with pytest.raises(ConfigError, match="label_weight must be a number >= 0"):
+        load_config({}, {"loss.name": "dual", "loss.label_weight": float("nan")})
 
 
 def test_mnrl_baseline_equals_hand_computed_value():

@@ -323,3 +323,20 @@ def test_auto_is_recorded_in_the_marker_and_the_report(tiny_pipeline, cpu, monke
     report = write_report(config.work_dir, config).read_text()
     assert "Students and the initial model encoded with `encoding: auto`: dense torch-bf16 (amx-bf16; the CPU has AMX" \
         in report
+
+
+def test_label_weight_at_its_default_keeps_the_train_fingerprint_and_set_changes_it(tiny_pipeline, tmp_path):
+    values = yaml.safe_load(tiny_pipeline.read_text())
+    dense = values["students"]["dense"]
+    path = tmp_path / "dual.yaml"
+
+    def pipeline(**loss):
+        path.write_text(yaml.safe_dump({**values, "students": {**values["students"], "dense": {
+            **dense, "set": {**(dense.get("set") or {}), "loss.name": "dual", **loss}}}}))
+        return Pipeline(load_pipeline_config(path))
+
+    plain, zero, hinton = pipeline(), pipeline(**{"loss.label_weight": 0.0}), pipeline(**{"loss.label_weight": 1.0})
+    assert "label_weight" not in plain.stage("train-dense").params["config"]["loss"]   # older fingerprints hold
+    assert plain.fingerprint("train-dense") == zero.fingerprint("train-dense")
+    assert hinton.fingerprint("train-dense") != plain.fingerprint("train-dense")
+    assert hinton.stage("train-dense").params["config"]["loss"]["label_weight"] == 1.0

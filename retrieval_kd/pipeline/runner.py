@@ -41,6 +41,15 @@ class Stage:
     encoding: dict = field(default_factory=dict)  # what it encodes with (stages.encoding_record)
 
 
+def _student_params(sc) -> dict:
+    """A student config as its train stage's fingerprint; ``loss.label_weight`` is left out at its default 0 so that
+    fingerprints written before the field existed still hold."""
+    params = sc.to_dict()
+    if params.get("loss", {}).get("label_weight") == 0:
+        params["loss"] = {k: v for k, v in params["loss"].items() if k != "label_weight"}
+    return params
+
+
 def _queries_inputs(cfg: PipelineConfig) -> list[str]:
     q = cfg.queries
     if q.source == "generate":
@@ -120,7 +129,7 @@ class Pipeline:
             if getattr(cfg.students, kind) is None:
                 continue
             sc = student_config(cfg, kind)
-            stages.append(Stage(f"train-{kind}", fn, {"config": sc.to_dict()}, ["teach"],
+            stages.append(Stage(f"train-{kind}", fn, {"config": _student_params(sc)}, ["teach"],
                                 [Path(sc.output_dir) / "rkd_training.json"],
                                 [f"{getattr(cfg.students, kind).config}", str(work / "scores"), str(sc.model)]))
             trained.append(f"train-{kind}")

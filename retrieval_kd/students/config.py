@@ -30,6 +30,7 @@ A config file::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -321,10 +322,11 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
 
 def _check_label_weight(loss: LossConfig, where: str) -> None:
     lw = loss.label_weight
-    if isinstance(lw, bool) or not isinstance(lw, (int, float)) or lw < 0:
+    if isinstance(lw, bool) or not isinstance(lw, (int, float)) or not math.isfinite(lw) or lw < 0:
         raise ConfigError(f"{where}: loss.label_weight must be a number >= 0, got {lw!r}")
     if lw and loss.name != "dual":
-        raise ConfigError(f"{where}: loss.label_weight is a term of the dual loss; loss.name is {loss.name!r}")
+        raise ConfigError(f"{where}: loss.label_weight is a term of the dual loss; loss.name is {loss.name!r} "
+                          "(set loss.name: dual)")
 
 
 def _check_training(training: dict, where: str) -> None:

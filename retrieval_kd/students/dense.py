@@ -313,7 +313,9 @@ def _card_section(config: DenseTrainingConfig, summary: dict) -> str:
         f"- Data: `{config.data.dataset}` split `{config.data.split}`: {summary['train_queries']} training queries, "
         f"{summary['pairs']} teacher-scored (query, positive, negative) pairs, up to {config.data.max_negatives} "
         "negatives per query",
-        f"- Loss: {loss_names.get(config.loss.name, config.loss.name)}",
+        f"- Loss: {loss_names.get(config.loss.name, config.loss.name)}"
+        + (f" + {config.loss.label_weight} x hard-target cross-entropy (Hinton et al. 2015)"
+           if getattr(config.loss, "label_weight", 0) else ""),
         f"- Batches: {sampler_names.get(config.sampler.kind, config.sampler.kind)}",
         f"- Steps: {summary['steps']}, final training loss {summary['train_loss']:.4f}, {summary['train_seconds']} s",
     ]
