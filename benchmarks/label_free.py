@@ -284,6 +284,11 @@ def per_query(collection, run) -> dict:
     return {"mean": round(result.scores["ndcg@10"], 4), "per_query": result.per_query["ndcg@10"]}
 
 
+def seed_mean(scored: list[dict]) -> dict:
+    """Per-query nDCG@10 averaged over seeds (``scored``: :func:`per_query` results of one row)."""
+    return {q: sum(s["per_query"][q] for s in scored) / len(scored) for q in scored[0]["per_query"]}
+
+
 def paired_p(a: dict, b: dict) -> float:
     """Two-sided paired t-test p of per-query nDCG@10 (queries of both)."""
     from scipy.stats import ttest_rel
@@ -312,7 +317,7 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
     def record(row: str, runs: list[tuple[int | None, dict]]):
         scored = [(seed, per_query(collection, run)) for seed, run in runs]
         rows[row] = round(sum(s["mean"] for _, s in scored) / len(scored), 4)
-        per_q[row] = {q: sum(s["per_query"][q] for _, s in scored) / len(scored) for q in scored[0][1]["per_query"]}
+        per_q[row] = seed_mean([s for _, s in scored])
         info.setdefault("rows", {})[row] = {"seeds": {str(seed): s["mean"] for seed, s in scored}}
         print(json.dumps({f"{name}.{row}": rows[row], "seeds": info["rows"][row]["seeds"]}), flush=True)
 

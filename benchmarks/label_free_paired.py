@@ -38,8 +38,7 @@ def main() -> None:
         if not folders:
             raise SystemExit(f"label_free_paired: no trained folder matches {pattern!r} under {work}")
         scored = [lf.per_query(collection, lf.dense_run(str(f), collection, 256, args.encoding)) for f in folders]
-        per_q = {q: sum(s["per_query"][q] for s in scored) / len(scored) for q in scored[0]["per_query"]}
-        return {f.name: s["mean"] for f, s in zip(folders, scored)}, per_q
+        return {f.name: s["mean"] for f, s in zip(folders, scored)}, lf.seed_mean(scored)
 
     (seeds_a, a), (seeds_b, b) = row(args.a), row(args.b)
     print(json.dumps({"a": seeds_a, "b": seeds_b, "mean_a": round(sum(seeds_a.values()) / len(seeds_a), 4),

@@ -41,12 +41,17 @@ class Stage:
     encoding: dict = field(default_factory=dict)  # what it encodes with (stages.encoding_record)
 
 
+#: student config fields added after train fingerprints were first written, with their defaults: left out of the
+#: fingerprint at the default, so those fingerprints still hold (a field added later goes here)
+_LATER_STUDENT_FIELDS = {"loss": {"label_weight": 0.0}}
+
+
 def _student_params(sc) -> dict:
-    """A student config as its train stage's fingerprint; ``loss.label_weight`` is left out at its default 0 so that
-    fingerprints written before the field existed still hold."""
+    """A student config as its train stage's fingerprint (see ``_LATER_STUDENT_FIELDS``)."""
     params = sc.to_dict()
-    if params.get("loss", {}).get("label_weight") == 0:
-        params["loss"] = {k: v for k, v in params["loss"].items() if k != "label_weight"}
+    for section, defaults in _LATER_STUDENT_FIELDS.items():
+        if section in params:
+            params[section] = {k: v for k, v in params[section].items() if k not in defaults or v != defaults[k]}
     return params
 
 

@@ -315,7 +315,7 @@ def _card_section(config: DenseTrainingConfig, summary: dict) -> str:
         "negatives per query",
         f"- Loss: {loss_names.get(config.loss.name, config.loss.name)}"
         + (f" + {config.loss.label_weight} x hard-target cross-entropy (Hinton et al. 2015)"
-           if getattr(config.loss, "label_weight", 0) else ""),
+           if config.loss.label_weight else ""),
         f"- Batches: {sampler_names.get(config.sampler.kind, config.sampler.kind)}",
         f"- Steps: {summary['steps']}, final training loss {summary['train_loss']:.4f}, {summary['train_seconds']} s",
     ]
