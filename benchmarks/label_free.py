@@ -6,6 +6,7 @@ Usage:
   python benchmarks/label_free.py --variant source --rows label_free_dense     # another recipe (VARIANTS)
   python benchmarks/label_free.py --teachers bm25 bi-encoder:sentence-transformers/all-MiniLM-L6-v2 \
       bi-encoder:sentence-transformers/all-mpnet-base-v2 --rows label_free_dense   # another teacher ensemble
+  python benchmarks/label_free.py --queries gen.jsonl --variant teacher-kl --rows label_free_dense  # generated
   python benchmarks/label_free.py --smoke                                      # the wiring only, 60 documents
 
 Rows (results keys ``<dataset>.<row>``, nDCG@10 on the *test* split; a row trained with several seeds holds
@@ -19,8 +20,8 @@ their mean, each seed and the paired t-tests in ``label_free.meta.json``):
   labeled_plus_generated_dense  (needs a train split) train queries + qrels and the made-up queries
 
 A label-free row: queries cropped from the corpus (``rkd queries crop``; length, duplicate and round-trip
-filters), candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --queries``), teacher = the equal-
-weight per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (``--teachers``; fitting weights needs labels),
+filters; or ``--queries``, a file of ``rkd queries generate`` / ``import`` put through the same filters),
+candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --queries``), teacher = the equal-weight per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (``--teachers``; fitting weights needs labels),
 training.
 Recipes (``--variant``) are compared on a *dev carve of the made-up queries* (``data.dev_fraction``: the trainer
 reranks each dev query's candidates and scores nDCG@10 against its pseudo-positive), never on a test split; the
@@ -60,6 +61,11 @@ VARIANTS = {
                   "loss.kl_temperature": 0.05},
     # "others" with the pairwise Margin-MSE term only (no in-batch teacher)
     "others-mse": {"data.positives": "teacher", "data.exclude_source": True, "loss.name": "margin-mse"},
+    # for queries a model wrote (--queries): not a substring of their source, so the source stays among the
+    # candidates and the student learns the teacher's soft ranking of all of them, as others-kl does of the rest
+    "teacher-kl": {"data.positives": "teacher", "loss.name": "kl", "loss.kl_temperature": 0.05},
+    # "others" for such queries: the dual teacher, the teacher's top one (often the source) as positive
+    "teacher": {"data.positives": "teacher"},
 }
 DENSE_TRAIN = {"training.max_steps": 150, "training.num_train_epochs": 1, "training.learning_rate": 2.0e-5,
                "data.max_negatives": 20, "data.dev_max_queries": 200, "training.save_strategy": "no"}
@@ -80,6 +86,8 @@ def parse_args():
     p.add_argument("--method", default="sentence", choices=["title", "sentence", "span"], help="crop method")
     p.add_argument("--per-document", type=int, default=1)
     p.add_argument("--remove-sentence", type=float, default=0.9, help="ICT: P(query sentence left out of source)")
+    p.add_argument("--queries", type=Path, default=None,
+                   help="made-up queries from a file (rkd queries generate / import) instead of crops")
     p.add_argument("--max-queries", type=int, default=None, help="a seeded sample of the made-up queries")
     p.add_argument("--round-trip-k", type=int, default=10, help="BM25 round-trip filter (0: none)")
     p.add_argument("--top-k", type=int, default=30, help="BM25 and dense candidates per query (each)")
@@ -127,16 +135,24 @@ def slice_collection(collection, folder: Path, n_docs: int = 60, n_queries: int 
 
 def make_queries(args, collection, work: Path) -> Path:
     """The made-up training queries (crops, filtered, sampled to ``--max-queries``); returns queries.jsonl."""
-    from retrieval_kd.queries import QueryFilters, crop_queries, read_query_set, sample_queries, write_query_set
+    from retrieval_kd.queries import (QueryFilters, apply_filters, crop_queries, read_query_set, sample_queries,
+                                      write_query_set)
 
     cap = args.max_queries or "all"
-    out = work / f"queries-{args.method}{args.per_document}-rt{args.round_trip_k}-rm{args.remove_sentence}-{cap}.jsonl"
+    made_by = f"file-{args.queries.stem}" if args.queries else f"{args.method}{args.per_document}"
+    out = work / f"queries-{made_by}-rt{args.round_trip_k}-rm{args.remove_sentence}-{cap}.jsonl"
     if out.exists():   # the name holds every setting it was made with
         return out
     filters = QueryFilters(min_words=4, max_words=64, round_trip="bm25" if args.round_trip_k else None,
                            round_trip_k=max(1, args.round_trip_k))
-    made = crop_queries(collection, args.method, args.per_document, seed=0, remove_sentence=args.remove_sentence,
-                        max_span_words=32, skip_empty=True, filters=filters)
+    if args.queries:
+        made = read_query_set(args.queries)
+        made.check_corpus(collection, str(args.queries))
+        made = apply_filters(made, filters, collection)
+    else:
+        made = crop_queries(collection, args.method, args.per_document, seed=0,
+                            remove_sentence=args.remove_sentence, max_span_words=32, skip_empty=True,
+                            filters=filters)
     if args.max_queries:
         made = sample_queries(made, args.max_queries, 0)   # as the pipeline's queries.max_queries
     write_query_set(made, out)
@@ -310,7 +326,10 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
     collection = load_collection(ref)
     rows, info = results.setdefault(name, {}), meta.setdefault(name, {"dataset": ref})
     # trained folders carry the teachers in their settings hash unless they are the default ones
-    tag = settings_tag(overrides if args.teachers == TEACHERS else {**overrides, "teachers": args.teachers})
+    # and the queries file unless they are crops
+    extra = {**({} if args.teachers == TEACHERS else {"teachers": args.teachers}),
+             **({"queries": str(args.queries)} if args.queries else {})}
+    tag = settings_tag({**overrides, **extra})
     per_q = {}
     seq = 64 if args.smoke else 256
 
