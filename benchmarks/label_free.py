@@ -21,8 +21,8 @@ their mean, each seed and the paired t-tests in ``label_free.meta.json``):
 
 A label-free row: queries cropped from the corpus (``rkd queries crop``; length, duplicate and round-trip
 filters; or ``--queries``, a file of ``rkd queries generate`` / ``import`` put through the same filters),
-candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --queries``), teacher = the equal-weight per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (``--teachers``; fitting weights needs labels),
-training.
+candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --queries``), teacher = the equal-weight
+per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (``--teachers``; fitting weights needs labels), training.
 Recipes (``--variant``) are compared on a *dev carve of the made-up queries* (``data.dev_fraction``: the trainer
 reranks each dev query's candidates and scores nDCG@10 against its pseudo-positive), never on a test split; the
 second dev signal, ``teacher_dev``, is the student's nDCG@10 against the teacher's top-3 non-source documents of
@@ -134,12 +134,23 @@ def slice_collection(collection, folder: Path, n_docs: int = 60, n_queries: int 
 
 
 def make_queries(args, collection, work: Path) -> Path:
-    """The made-up training queries (crops, filtered, sampled to ``--max-queries``); returns queries.jsonl."""
-    from retrieval_kd.queries import (QueryFilters, apply_filters, crop_queries, read_query_set, sample_queries,
-                                      write_query_set)
+    """The made-up training queries (crops or ``--queries``, filtered, sampled to ``--max-queries``); returns
+    queries.jsonl. A ``--queries`` file is named by its content's hash, so a file rewritten in place is filtered
+    again (and the students trained on it, whose settings name this file, are trained again)."""
+    from retrieval_kd.queries import (
+        QueryFilters,
+        apply_filters,
+        crop_queries,
+        read_query_set,
+        sample_queries,
+        write_query_set,
+    )
 
     cap = args.max_queries or "all"
-    made_by = f"file-{args.queries.stem}" if args.queries else f"{args.method}{args.per_document}"
+    if args.queries:
+        made_by = f"file-{args.queries.stem}-{hashlib.sha1(args.queries.read_bytes()).hexdigest()[:8]}"
+    else:
+        made_by = f"{args.method}{args.per_document}"
     out = work / f"queries-{made_by}-rt{args.round_trip_k}-rm{args.remove_sentence}-{cap}.jsonl"
     if out.exists():   # the name holds every setting it was made with
         return out
