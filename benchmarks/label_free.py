@@ -7,6 +7,7 @@ Usage:
   python benchmarks/label_free.py --teachers bm25 bi-encoder:sentence-transformers/all-MiniLM-L6-v2 \
       bi-encoder:sentence-transformers/all-mpnet-base-v2 --rows label_free_dense   # another teacher ensemble
   python benchmarks/label_free.py --queries gen.jsonl --variant teacher-kl --rows label_free_dense  # generated
+  python benchmarks/label_free.py --queries gen.jsonl gen-rest.jsonl ...                           # merged
   python benchmarks/label_free.py --smoke                                      # the wiring only, 60 documents
 
 Rows (results keys ``<dataset>.<row>``, nDCG@10 on the *test* split; a row trained with several seeds holds
@@ -86,8 +87,8 @@ def parse_args():
     p.add_argument("--method", default="sentence", choices=["title", "sentence", "span"], help="crop method")
     p.add_argument("--per-document", type=int, default=1)
     p.add_argument("--remove-sentence", type=float, default=0.9, help="ICT: P(query sentence left out of source)")
-    p.add_argument("--queries", type=Path, default=None,
-                   help="made-up queries from a file (rkd queries generate / import) instead of crops")
+    p.add_argument("--queries", type=Path, nargs="+", default=None,
+                   help="made-up queries from files (rkd queries generate / import; several: merged) instead of crops")
     p.add_argument("--max-queries", type=int, default=None, help="a seeded sample of the made-up queries")
     p.add_argument("--round-trip-k", type=int, default=10, help="BM25 round-trip filter (0: none)")
     p.add_argument("--top-k", type=int, default=30, help="BM25 and dense candidates per query (each)")
@@ -141,6 +142,7 @@ def make_queries(args, collection, work: Path) -> Path:
         QueryFilters,
         apply_filters,
         crop_queries,
+        merge_query_sets,
         read_query_set,
         sample_queries,
         write_query_set,
@@ -148,7 +150,8 @@ def make_queries(args, collection, work: Path) -> Path:
 
     cap = args.max_queries or "all"
     if args.queries:
-        made_by = f"file-{args.queries.stem}-{hashlib.sha1(args.queries.read_bytes()).hexdigest()[:8]}"
+        digest = hashlib.sha1(b"".join(path.read_bytes() for path in args.queries)).hexdigest()[:8]
+        made_by = f"file-{'+'.join(path.stem for path in args.queries)}-{digest}"
     else:
         made_by = f"{args.method}{args.per_document}"
     out = work / f"queries-{made_by}-rt{args.round_trip_k}-rm{args.remove_sentence}-{cap}.jsonl"
@@ -157,9 +160,10 @@ def make_queries(args, collection, work: Path) -> Path:
     filters = QueryFilters(min_words=4, max_words=64, round_trip="bm25" if args.round_trip_k else None,
                            round_trip_k=max(1, args.round_trip_k))
     if args.queries:
-        made = read_query_set(args.queries)
-        made.check_corpus(collection, str(args.queries))
-        made = apply_filters(made, filters, collection)
+        sets = [read_query_set(path) for path in args.queries]
+        for path, made in zip(args.queries, sets):
+            made.check_corpus(collection, str(path))
+        made = apply_filters(merge_query_sets(sets), filters, collection)
     else:
         made = crop_queries(collection, args.method, args.per_document, seed=0,
                             remove_sentence=args.remove_sentence, max_span_words=32, skip_empty=True,
@@ -339,7 +343,7 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
     # trained folders carry the teachers in their settings hash unless they are the default ones
     # and the queries file unless they are crops
     extra = {**({} if args.teachers == TEACHERS else {"teachers": args.teachers}),
-             **({"queries": str(args.queries)} if args.queries else {})}
+             **({"queries": " ".join(map(str, args.queries))} if args.queries else {})}
     tag = settings_tag({**overrides, **extra})
     per_q = {}
     seq = 64 if args.smoke else 256

@@ -20,6 +20,7 @@ from retrieval_kd.queries import (
     crop_queries,
     generate_queries,
     import_queries,
+    merge_query_sets,
     normalise_query,
     pseudo_qrels,
     read_examples,
@@ -255,6 +256,43 @@ def test_filter_cli_prints_counts_and_writes_provenance(tiny_beir, tmp_path, cap
     meta = json.loads(sidecar_path(out).read_text())
     assert meta["method"] == "crop-title" and meta["filters"][-1]["filter"] == "round_trip"
     assert meta["filters"][-1]["dropped"] == 0 and "kept 4 of 4 queries" in printed and "round_trip 0" in printed
+
+
+def test_exclude_sources_extends_a_set_to_the_rest_of_the_corpus(tiny_beir, tiny_causal_lm, tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+
+    titles = tmp_path / "title.jsonl"
+    assert main(["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "title", "--output", str(titles)]) == 0
+    rest = tmp_path / "rest.jsonl"
+    assert main(["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "sentence", "--exclude-sources",
+                 str(titles), "--output", str(rest)]) == 0
+    assert "kept 1 of 1 queries from 1 documents" in capsys.readouterr().out  # only d3 has no title
+    made = read_query_set(rest)
+    assert set(made.sources.values()) == {"d3"} and made.counts["skipped_documents"] == {"excluded": 4}
+    assert made.provenance["settings"]["excluded_documents"] == 4
+    # the two merged: every document once, counts summed, each part's provenance kept
+    both = tmp_path / "both.jsonl"
+    assert main(["-q", "queries", "filter", "--dataset", str(tiny_beir), "--queries", str(titles), str(rest),
+                 "--output", str(both)]) == 0
+    merged = read_query_set(both)
+    assert sorted(merged.sources.values()) == ["d1", "d2", "d3", "d4", "d5"] and merged.method == "mixed"
+    assert merged.counts["candidates"] == 5 and merged.counts["skipped_documents"] == {"no_title": 1}
+    assert [p["method"] for p in merged.provenance["merged"]] == ["crop-title", "crop-sentence"]
+    assert merge_query_sets([made]) is made
+    clash = QuerySet({"title-d1-0": "not the title"}, {"title-d1-0": "d1"}, "import", corpus=made.corpus)
+    with pytest.raises(IntegrityError, match="'title-d1-0' is in two sets"):
+        merge_query_sets([read_query_set(titles), clash])
+    # generation: the excluded documents are left out before the sample, and the resume key changes with them
+    coll = load_collection(str(tiny_beir))
+    qs = generate_queries(_tiny_generator(tiny_causal_lm, n=1), coll, tmp_path / "gen.jsonl", batch_size=2,
+                          exclude_documents={"d1", "d4", "not-in-corpus"})
+    assert qs.counts["documents"] == 3 and set(qs.sources.values()) <= {"d2", "d3", "d5"}
+    assert qs.provenance["settings"]["excluded_documents"] == 2
+    # everything excluded: one line, nothing written
+    again = tmp_path / "none.jsonl"
+    assert main(["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "span", "--exclude-sources",
+                 str(titles), "--exclude-sources", str(rest), "--output", str(again)]) == 2
+    assert "all 5 documents with text are excluded" in capsys.readouterr().err and not again.exists()
 
 
 # -- pseudo-qrels ------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ EPILOG = """examples:
   rkd queries crop --dataset cranfield --method sentence --remove-sentence 0.9 --skip-empty --output ict.jsonl
   rkd queries import --dataset scifact --input generated/scifact --format gpl --output gpl.jsonl
   rkd queries filter --dataset scifact --queries q.jsonl --max-words 32 --round-trip bm25 --output q-rt.jsonl
+  rkd queries generate --dataset scifact --exclude-sources q.jsonl --id-prefix gen2 --output q-rest.jsonl  # the rest
+  rkd queries filter --dataset scifact --queries q.jsonl q-rest.jsonl --output q-all.jsonl           # merged
 each writes a BEIR queries.jsonl and a provenance sidecar (queries.provenance.json: the source document of every
 query, method, model and revision, prompt hash, seed, counts kept and dropped); generation resumes after a kill
 (finished batches are kept in OUTPUT.parts/). Train on them with data.queries / data.positives (rkd train)."""
@@ -42,6 +44,9 @@ def _selection_args(p) -> None:
     p.add_argument("--max-documents", type=positive_int, default=None, help="a seeded sample of the corpus")
     p.add_argument("--skip-empty", action="store_true", help="leave out documents without text (else an error)")
     p.add_argument("--id-prefix", default=None, help="query ids are PREFIX-DOC-N")
+    p.add_argument("--exclude-sources", type=Path, action="append", default=[], metavar="QUERIES",
+                   help="leave out the source documents of the queries in this file (made by rkd queries; "
+                        "repeatable): extends an earlier set to the rest of the corpus")
 
 
 def add_parser(sub) -> None:
@@ -91,7 +96,9 @@ def add_parser(sub) -> None:
     imp.set_defaults(func=_import)
     filt = action.add_parser("filter", help="filter a query set made by rkd queries")
     _common(filt)
-    filt.add_argument("--queries", required=True, type=Path, help="queries.jsonl with its provenance sidecar")
+    filt.add_argument("--queries", required=True, type=Path, nargs="+",
+                      help="queries.jsonl with its provenance sidecar; several: merged (ids must not clash), then "
+                           "filtered")
     _filter_args(filt)
     filt.set_defaults(func=_filter)
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -114,6 +121,18 @@ def _report(query_set, output) -> int:
     return 0
 
 
+def _excluded_sources(files: list[Path], collection) -> set[str] | None:
+    """The source documents of the query sets in ``files`` (each checked to be made from ``collection``'s corpus)."""
+    from retrieval_kd.queries import read_query_set
+
+    sources: set[str] = set()
+    for path in files:
+        query_set = read_query_set(path)
+        query_set.check_corpus(collection, str(path))
+        sources.update(query_set.sources.values())
+    return sources or None
+
+
 def _generate(args) -> int:
     from retrieval_kd.data import load_collection
     from retrieval_kd.queries import DEFAULT_PROMPT, QueryGenerator, generate_queries, read_examples
@@ -125,7 +144,8 @@ def _generate(args) -> int:
                                args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                                args.max_document_tokens, not args.no_chat_template, args.device, args.dtype)
     query_set = generate_queries(generator, collection, args.output, args.batch_size, args.seed, args.max_documents,
-                                 args.skip_empty, filters, args.restart, args.id_prefix or "gen")
+                                 args.skip_empty, filters, args.restart, args.id_prefix or "gen",
+                                 _excluded_sources(args.exclude_sources, collection))
     return _report(query_set, args.output)
 
 
@@ -134,9 +154,11 @@ def _crop(args) -> int:
     from retrieval_kd.queries import crop_queries, write_query_set
 
     filters = _filters(args)
-    query_set = crop_queries(load_collection(args.dataset), args.method, args.per_document or 1, args.seed,
+    collection = load_collection(args.dataset)
+    query_set = crop_queries(collection, args.method, args.per_document or 1, args.seed,
                              args.remove_sentence, tuple(args.span_ratio), args.min_span_words, args.max_span_words,
-                             args.max_documents, args.skip_empty, filters, args.id_prefix)
+                             args.max_documents, args.skip_empty, filters, args.id_prefix,
+                             _excluded_sources(args.exclude_sources, collection))
     write_query_set(query_set, args.output)
     return _report(query_set, args.output)
 
@@ -153,11 +175,13 @@ def _import(args) -> int:
 
 def _filter(args) -> int:
     from retrieval_kd.data import load_collection
-    from retrieval_kd.queries import apply_filters, read_query_set, write_query_set
+    from retrieval_kd.queries import apply_filters, merge_query_sets, read_query_set, write_query_set
 
     collection = load_collection(args.dataset)
-    query_set = read_query_set(args.queries)
-    query_set.check_corpus(collection, str(args.queries))
-    query_set = apply_filters(query_set, _filters(args), collection)
+    sets = []
+    for path in args.queries:
+        sets.append(read_query_set(path))
+        sets[-1].check_corpus(collection, str(path))
+    query_set = apply_filters(merge_query_sets(sets), _filters(args), collection)
     write_query_set(query_set, args.output)
     return _report(query_set, args.output)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import zlib
+from collections.abc import Collection
 
 import numpy as np
 
@@ -70,7 +71,8 @@ def _rng(seed: int, doc_id: str) -> np.random.Generator:
 def crop_queries(collection, method: str = "sentence", queries_per_document: int = 1, seed: int = 0,
                  remove_sentence: float = 0.0, span_ratio: tuple[float, float] = (0.1, 0.5), min_span_words: int = 1,
                  max_span_words: int | None = None, max_documents: int | None = None, skip_empty: bool = False,
-                 filters: QueryFilters | None = None, id_prefix: str | None = None) -> QuerySet:
+                 filters: QueryFilters | None = None, id_prefix: str | None = None,
+                 exclude_documents: Collection[str] | None = None) -> QuerySet:
     """Pseudo-queries of ``collection``'s documents (see the module docstring).
 
     Args:
@@ -80,7 +82,7 @@ def crop_queries(collection, method: str = "sentence", queries_per_document: int
         remove_sentence: ``sentence``: probability that the query sentence is removed from the positive.
         span_ratio: ``span``: the span's share of the document's words, drawn uniformly in this range.
         min_span_words, max_span_words: ``span``: bounds on the span's length in words.
-        max_documents, skip_empty: which documents (:func:`select_documents`).
+        max_documents, skip_empty, exclude_documents: which documents (:func:`select_documents`).
         filters: applied to the queries made (:func:`apply_filters`).
         id_prefix: query ids are ``<prefix>-<doc>-<n>`` (default: the method: ``title``, ``ict``, ``span``).
     """
@@ -94,7 +96,7 @@ def crop_queries(collection, method: str = "sentence", queries_per_document: int
     if queries_per_document < 1 or min_span_words < 1 or (max_span_words is not None and max_span_words < min_span_words):
         raise ConfigError("queries_per_document and min_span_words must be >= 1, and max_span_words >= min_span_words")
     prefix = id_prefix or {"title": "title", "sentence": "ict", "span": "span"}[method]
-    selection = select_documents(collection, max_documents, seed, skip_empty)
+    selection = select_documents(collection, max_documents, seed, skip_empty, exclude_documents)
     chosen = set(selection.ids)
     made_by_doc, spans = [], {}
     skipped = {"no_title": 0, "no_text": 0}
@@ -143,6 +145,8 @@ def crop_queries(collection, method: str = "sentence", queries_per_document: int
     counts.update(candidates=len(queries) + sum(dropped.values()), dropped={k: v for k, v in dropped.items() if v})
     settings = {"method": method, "queries_per_document": queries_per_document, "seed": seed,
                 "max_documents": max_documents, "skip_empty": skip_empty, "id_prefix": prefix}
+    if exclude_documents:
+        settings["excluded_documents"] = len(selection.skipped["excluded"])
     if method == "sentence":
         settings["remove_sentence"] = remove_sentence
     if method == "span":

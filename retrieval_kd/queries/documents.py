@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,8 @@ class DocumentSelection:
     """Attributes:
     ids: the chosen document ids, in corpus order.
     total: documents in the corpus.
-    skipped: reason -> ids left out (``no_text``: title and text both empty, with ``skip_empty``).
+    skipped: reason -> ids left out (``no_text``: title and text both empty, with ``skip_empty``; ``excluded``:
+        named by ``exclude``).
     """
 
     ids: list[str]
@@ -41,7 +43,7 @@ def _line_of(path, doc_id: str) -> int | None:
 
 
 def select_documents(collection, max_documents: int | None = None, seed: int = 0,
-                     skip_empty: bool = False) -> DocumentSelection:
+                     skip_empty: bool = False, exclude: Collection[str] | None = None) -> DocumentSelection:
     """The documents of ``collection`` to make queries from.
 
     Args:
@@ -49,9 +51,12 @@ def select_documents(collection, max_documents: int | None = None, seed: int = 0
         seed: the sample's seed.
         skip_empty: leave out documents whose title and text are both empty (counted); without it such a
             document is an error naming the corpus file, line and id.
+        exclude: document ids to leave out before sampling (counted): e.g. the sources of an earlier query set,
+            to extend it to the rest of the corpus. Ids not in the corpus are ignored.
 
     Raises:
         DataFormatError: an empty corpus, a document without text (unless ``skip_empty``), or no document with text.
+        ValueError: ``exclude`` leaves no document.
     """
     corpus = collection.corpus
     if corpus is None:
@@ -69,7 +74,15 @@ def select_documents(collection, max_documents: int | None = None, seed: int = 0
         raise DataFormatError(f"{corpus.path}: none of its {total} documents has text; no query can be made")
     if empty:
         logger.warning("%s: left out %d documents without text (e.g. %r)", corpus.path, len(empty), empty[0])
+    excluded = []
+    if exclude:
+        exclude = set(exclude)
+        excluded = [d for d in ids if d in exclude]
+        ids = [d for d in ids if d not in exclude]
+        if not ids:
+            raise ValueError(f"dataset {collection.name!r}: all {len(excluded)} documents with text are excluded; "
+                             "no document is left to make queries from")
     if max_documents is not None and max_documents < len(ids):
         rows = np.sort(np.random.default_rng(seed).choice(len(ids), size=max_documents, replace=False))
         ids = [ids[int(i)] for i in rows]
-    return DocumentSelection(ids, total, {"no_text": empty})
+    return DocumentSelection(ids, total, {"no_text": empty, "excluded": excluded})

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,14 +205,17 @@ def _batch_seed(seed: int, batch: int) -> int:
 
 def generate_queries(generator: QueryGenerator, collection, output: str | os.PathLike, batch_size: int = 8,
                      seed: int = 0, max_documents: int | None = None, skip_empty: bool = False,
-                     filters: QueryFilters | None = None, restart: bool = False, id_prefix: str = "gen") -> QuerySet:
+                     filters: QueryFilters | None = None, restart: bool = False, id_prefix: str = "gen",
+                     exclude_documents: Collection[str] | None = None) -> QuerySet:
     """Generate queries for ``collection``'s documents into ``output`` (``queries.jsonl`` + provenance), resumably.
 
     Args:
         generator: the model and its sampling settings.
         batch_size: documents per generation batch (a batch is the unit committed to ``<output>.parts/``).
         seed: the document sample and every batch's sampling seed.
-        max_documents, skip_empty: which documents (:func:`~retrieval_kd.queries.documents.select_documents`).
+        max_documents, skip_empty, exclude_documents: which documents
+            (:func:`~retrieval_kd.queries.documents.select_documents`); ``exclude_documents`` extends an earlier
+            set to the rest of the corpus.
         filters: applied once all batches are done; queries equal to an example's query (a small model copying
             it) are dropped first as ``example_copy``, empty outputs as ``empty``.
         restart: drop the finished batches of an earlier, unfinished run.
@@ -229,11 +232,13 @@ def generate_queries(generator: QueryGenerator, collection, output: str | os.Pat
     output = Path(output)
     corpus = collection.corpus
     with file_lock(output, what="the generated queries"):
-        selection = select_documents(collection, max_documents, seed, skip_empty)
+        selection = select_documents(collection, max_documents, seed, skip_empty, exclude_documents)
         settings = {"generator": generator.config(), "seed": seed, "batch_size": batch_size,
                     "max_documents": max_documents, "skip_empty": skip_empty, "id_prefix": id_prefix,
                     "corpus": corpus.store_path.name,
                     "documents_sha256": hashlib.sha256("\n".join(selection.ids).encode()).hexdigest()}
+        if exclude_documents:
+            settings["excluded_documents"] = len(selection.skipped["excluded"])
         provenance = {"settings": settings, "model": {"name": generator.model_name, "revision": generator.revision()},
                       "seed": seed, "filter_settings": filters.settings() if filters is not None else None}
         if not generator.seq2seq:

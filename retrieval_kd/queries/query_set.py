@@ -30,7 +30,8 @@ from retrieval_kd.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "QuerySet", "collect_queries", "query_id", "read_query_set", "sidecar_path", "write_query_set"]
+__all__ = ["FORMAT", "QuerySet", "collect_queries", "merge_query_sets", "query_id", "read_query_set", "sidecar_path",
+           "write_query_set"]
 
 FORMAT = "rkd-queries/1"
 _SPACE = re.compile(r"\s+")
@@ -64,6 +65,49 @@ def collect_queries(made, prefix: str) -> tuple[dict[str, str], dict[str, str], 
                                       "ids that differ only in whitespace cannot be told apart in TREC files")
             queries[qid], sources[qid] = text, doc_id
     return queries, sources, {"empty": empty} if empty else {}
+
+
+def merge_query_sets(sets: list[QuerySet]) -> QuerySet:
+    """One query set holding the queries of ``sets`` in order (e.g. a generation run and its extension to the rest
+    of the corpus, ``exclude_documents``); counts are summed (``corpus_documents``: the largest; documents skipped as
+    ``excluded`` are not counted), each set's provenance, counts and filters are kept under ``provenance["merged"]``.
+
+    Raises:
+        IntegrityError: the sets come from different corpora, or one query id names two texts or sources.
+    """
+    if not sets:
+        raise ValueError("no query sets to merge")
+    if len(sets) == 1:
+        return sets[0]
+    corpora = {s.corpus for s in sets if s.corpus is not None}
+    if len(corpora) > 1:
+        raise IntegrityError(f"the query sets were made from different corpora ({', '.join(sorted(corpora))})")
+    queries, sources, removed = {}, {}, {}
+    for part in sets:
+        for qid, text in part.queries.items():
+            if qid in queries and (queries[qid], sources[qid]) != (text, part.sources[qid]):
+                raise IntegrityError(f"query id {qid!r} is in two sets with different texts or sources; give the "
+                                     "runs different id prefixes")
+            queries[qid], sources[qid] = text, part.sources[qid]
+        removed.update(part.removed)
+    counts: dict[str, Any] = {}
+    for part in sets:
+        for key, value in part.counts.items():
+            if key == "corpus_documents":
+                counts[key] = max(counts.get(key, 0), value)
+            elif isinstance(value, int):
+                counts[key] = counts.get(key, 0) + value
+            elif isinstance(value, dict):
+                into = counts.setdefault(key, {})
+                for reason, n in value.items():
+                    if reason != "excluded":
+                        into[reason] = into.get(reason, 0) + n
+    counts["kept"] = len(queries)
+    methods = {s.method for s in sets}
+    provenance = {"merged": [{"method": s.method, "provenance": s.provenance, "counts": s.counts,
+                              "filters": s.filters} for s in sets]}
+    return QuerySet(queries, sources, methods.pop() if len(methods) == 1 else "mixed", provenance, counts,
+                    removed=removed, corpus=corpora.pop() if corpora else None)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
