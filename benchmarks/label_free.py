@@ -21,7 +21,7 @@ their mean, each seed and the paired t-tests in ``label_free.meta.json``):
   labeled_plus_generated_dense  (needs a train split) train queries + qrels and the made-up queries
 
 A label-free row: queries cropped from the corpus (``rkd queries crop``; length, duplicate and round-trip
-filters; or ``--queries``, a file of ``rkd queries generate`` / ``import`` put through the same filters),
+filters; or ``--queries``, files of ``rkd queries generate`` / ``import``, merged, put through the same filters),
 candidates BM25 top-k + all-MiniLM-L6-v2 top-k (``rkd teach mine --queries``), teacher = the equal-weight
 per-query min-max ensemble of BM25 and all-MiniLM-L6-v2 (``--teachers``; fitting weights needs labels), training.
 Recipes (``--variant``) are compared on a *dev carve of the made-up queries* (``data.dev_fraction``: the trainer
@@ -150,7 +150,8 @@ def make_queries(args, collection, work: Path) -> Path:
 
     cap = args.max_queries or "all"
     if args.queries:
-        digest = hashlib.sha1(b"".join(path.read_bytes() for path in args.queries)).hexdigest()[:8]
+        digests = [hashlib.sha1(path.read_bytes()).hexdigest() for path in args.queries]
+        digest = (digests[0] if len(digests) == 1 else hashlib.sha1(" ".join(digests).encode()).hexdigest())[:8]
         made_by = f"file-{'+'.join(path.stem for path in args.queries)}-{digest}"
     else:
         made_by = f"{args.method}{args.per_document}"

@@ -258,41 +258,73 @@ def test_filter_cli_prints_counts_and_writes_provenance(tiny_beir, tmp_path, cap
     assert meta["filters"][-1]["dropped"] == 0 and "kept 4 of 4 queries" in printed and "round_trip 0" in printed
 
 
-def test_exclude_sources_extends_a_set_to_the_rest_of_the_corpus(tiny_beir, tiny_causal_lm, tmp_path, capsys):
+def _titles_and_rest(tiny_beir, tmp_path):
+    """Title crops (d3 has no title), then sentence crops of the documents the titles left without a query."""
     from retrieval_kd.cli.main import main
 
-    titles = tmp_path / "title.jsonl"
+    titles, rest = tmp_path / "title.jsonl", tmp_path / "rest.jsonl"
     assert main(["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "title", "--output", str(titles)]) == 0
-    rest = tmp_path / "rest.jsonl"
     assert main(["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "sentence", "--exclude-sources",
                  str(titles), "--output", str(rest)]) == 0
-    assert "kept 1 of 1 queries from 1 documents" in capsys.readouterr().out  # only d3 has no title
+    return titles, rest
+
+
+def test_exclude_sources_leaves_out_the_documents_an_earlier_set_covers(tiny_beir, tmp_path, capsys):
+    titles, rest = _titles_and_rest(tiny_beir, tmp_path)
+    assert "kept 1 of 1 queries from 1 documents" in capsys.readouterr().out
     made = read_query_set(rest)
-    assert set(made.sources.values()) == {"d3"} and made.counts["skipped_documents"] == {"excluded": 4}
+    assert made.sources == {"ict-d3-0": "d3"} and made.counts["skipped_documents"] == {"excluded": 4}
     assert made.provenance["settings"]["excluded_documents"] == 4
-    # the two merged: every document once, counts summed, each part's provenance kept
+
+
+def test_exclude_sources_refuses_its_output_an_empty_rest_and_a_missing_file(tiny_beir, tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+
+    titles, rest = _titles_and_rest(tiny_beir, tmp_path)
+    before = titles.read_bytes()
+    crop = ["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "span"]
+    capsys.readouterr()
+    assert main([*crop, "--exclude-sources", str(titles), "--output", str(titles)]) == 2
+    assert "is both --output and an --exclude-sources file" in capsys.readouterr().err
+    assert titles.read_bytes() == before
+    out = tmp_path / "none.jsonl"
+    assert main([*crop, "--exclude-sources", str(titles), "--exclude-sources", str(rest), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "all 5 documents with text are excluded" in err and str(titles) in err and str(rest) in err
+    assert not out.exists()
+    assert main([*crop, "--exclude-sources", str(tmp_path / "nope.jsonl"), "--output", str(out)]) == 2
+    assert f"{tmp_path / 'nope.jsonl'}: no such file or folder" in capsys.readouterr().err
+
+
+def test_generation_excludes_before_sampling_and_keys_its_output_by_the_selection(tiny_beir, tiny_causal_lm,
+                                                                                  tmp_path):
+    coll = load_collection(str(tiny_beir))
+    gen, out = _tiny_generator(tiny_causal_lm, n=1), tmp_path / "gen.jsonl"
+    qs = generate_queries(gen, coll, out, batch_size=2, exclude_documents={"d1", "d4", "not-in-corpus"})
+    assert qs.counts["documents"] == 3 and qs.provenance["settings"]["excluded_documents"] == 2
+    assert qs.counts["candidates"] == 3 and set(qs.sources.values()) <= {"d2", "d3", "d5"}  # (filters may drop)
+    again = generate_queries(gen, coll, out, batch_size=2, exclude_documents={"d1"})  # not the finished run's set
+    assert again.counts["documents"] == 4 and set(read_query_set(out).sources.values()) <= {"d2", "d3", "d4", "d5"}
+
+
+def test_merged_sets_count_each_document_once_and_refuse_a_clash(tiny_beir, tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+
+    titles, rest = _titles_and_rest(tiny_beir, tmp_path)
     both = tmp_path / "both.jsonl"
+    capsys.readouterr()
     assert main(["-q", "queries", "filter", "--dataset", str(tiny_beir), "--queries", str(titles), str(rest),
                  "--output", str(both)]) == 0
+    assert "kept 5 of 5 queries from 5 documents" in capsys.readouterr().out
     merged = read_query_set(both)
     assert sorted(merged.sources.values()) == ["d1", "d2", "d3", "d4", "d5"] and merged.method == "mixed"
-    assert merged.counts["candidates"] == 5 and merged.counts["skipped_documents"] == {"no_title": 1}
     assert [p["method"] for p in merged.provenance["merged"]] == ["crop-title", "crop-sentence"]
-    assert merge_query_sets([made]) is made
-    clash = QuerySet({"title-d1-0": "not the title"}, {"title-d1-0": "d1"}, "import", corpus=made.corpus)
-    with pytest.raises(IntegrityError, match="'title-d1-0' is in two sets"):
-        merge_query_sets([read_query_set(titles), clash])
-    # generation: the excluded documents are left out before the sample, and the resume key changes with them
-    coll = load_collection(str(tiny_beir))
-    qs = generate_queries(_tiny_generator(tiny_causal_lm, n=1), coll, tmp_path / "gen.jsonl", batch_size=2,
-                          exclude_documents={"d1", "d4", "not-in-corpus"})
-    assert qs.counts["documents"] == 3 and set(qs.sources.values()) <= {"d2", "d3", "d5"}
-    assert qs.provenance["settings"]["excluded_documents"] == 2
-    # everything excluded: one line, nothing written
-    again = tmp_path / "none.jsonl"
-    assert main(["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "span", "--exclude-sources",
-                 str(titles), "--exclude-sources", str(rest), "--output", str(again)]) == 2
-    assert "all 5 documents with text are excluded" in capsys.readouterr().err and not again.exists()
+    assert merge_query_sets([merged]) is merged
+    with pytest.raises(IntegrityError, match="'title-d1-0' is in two of the sets"):
+        merge_query_sets([read_query_set(titles), read_query_set(titles)])
+    assert main(["-q", "queries", "filter", "--dataset", str(tiny_beir), "--queries", str(titles), str(titles),
+                 "--output", str(both)]) == 2
+    assert "a file is named twice" in capsys.readouterr().err
 
 
 # -- pseudo-qrels ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ EPILOG = """examples:
   rkd queries crop --dataset cranfield --method sentence --remove-sentence 0.9 --skip-empty --output ict.jsonl
   rkd queries import --dataset scifact --input generated/scifact --format gpl --output gpl.jsonl
   rkd queries filter --dataset scifact --queries q.jsonl --max-words 32 --round-trip bm25 --output q-rt.jsonl
-  rkd queries generate --dataset scifact --exclude-sources q.jsonl --id-prefix gen2 --output q-rest.jsonl  # the rest
+  rkd queries generate --dataset scifact --exclude-sources q.jsonl --output q-rest.jsonl  # documents without a query
   rkd queries filter --dataset scifact --queries q.jsonl q-rest.jsonl --output q-all.jsonl           # merged
 each writes a BEIR queries.jsonl and a provenance sidecar (queries.provenance.json: the source document of every
 query, method, model and revision, prompt hash, seed, counts kept and dropped); generation resumes after a kill
@@ -45,8 +45,8 @@ def _selection_args(p) -> None:
     p.add_argument("--skip-empty", action="store_true", help="leave out documents without text (else an error)")
     p.add_argument("--id-prefix", default=None, help="query ids are PREFIX-DOC-N")
     p.add_argument("--exclude-sources", type=Path, action="append", default=[], metavar="QUERIES",
-                   help="leave out the source documents of the queries in this file (made by rkd queries; "
-                        "repeatable): extends an earlier set to the rest of the corpus")
+                   help="leave out the source documents of the queries kept in this file (made by rkd queries; "
+                        "repeatable): extends an earlier set to the documents it has no query for")
 
 
 def add_parser(sub) -> None:
@@ -121,15 +121,21 @@ def _report(query_set, output) -> int:
     return 0
 
 
-def _excluded_sources(files: list[Path], collection) -> set[str] | None:
-    """The source documents of the query sets in ``files`` (each checked to be made from ``collection``'s corpus)."""
+def _excluded_sources(args, collection) -> dict[str, str] | None:
+    """Source document -> file, of the query sets ``--exclude-sources`` names (each checked against ``collection``'s
+    corpus; none may be ``--output``, which the rest would overwrite)."""
+    from retrieval_kd.errors import ConfigError
     from retrieval_kd.queries import read_query_set
 
-    sources: set[str] = set()
-    for path in files:
+    sources: dict[str, str] = {}
+    for path in args.exclude_sources:
+        if path.resolve() == args.output.resolve():
+            raise ConfigError(f"{path}: is both --output and an --exclude-sources file (the rest would overwrite "
+                              "it); write the rest to another file and merge the two with `rkd queries filter "
+                              "--queries A B`")
         query_set = read_query_set(path)
         query_set.check_corpus(collection, str(path))
-        sources.update(query_set.sources.values())
+        sources.update({doc: str(path) for doc in query_set.sources.values() if doc not in sources})
     return sources or None
 
 
@@ -145,7 +151,7 @@ def _generate(args) -> int:
                                args.max_document_tokens, not args.no_chat_template, args.device, args.dtype)
     query_set = generate_queries(generator, collection, args.output, args.batch_size, args.seed, args.max_documents,
                                  args.skip_empty, filters, args.restart, args.id_prefix or "gen",
-                                 _excluded_sources(args.exclude_sources, collection))
+                                 _excluded_sources(args, collection))
     return _report(query_set, args.output)
 
 
@@ -158,7 +164,7 @@ def _crop(args) -> int:
     query_set = crop_queries(collection, args.method, args.per_document or 1, args.seed,
                              args.remove_sentence, tuple(args.span_ratio), args.min_span_words, args.max_span_words,
                              args.max_documents, args.skip_empty, filters, args.id_prefix,
-                             _excluded_sources(args.exclude_sources, collection))
+                             _excluded_sources(args, collection))
     write_query_set(query_set, args.output)
     return _report(query_set, args.output)
 
@@ -175,9 +181,12 @@ def _import(args) -> int:
 
 def _filter(args) -> int:
     from retrieval_kd.data import load_collection
+    from retrieval_kd.errors import ConfigError
     from retrieval_kd.queries import apply_filters, merge_query_sets, read_query_set, write_query_set
 
     collection = load_collection(args.dataset)
+    if len({path.resolve() for path in args.queries}) < len(args.queries):
+        raise ConfigError(f"--queries {' '.join(map(str, args.queries))}: a file is named twice")
     sets = []
     for path in args.queries:
         sets.append(read_query_set(path))

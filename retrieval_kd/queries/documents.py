@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from retrieval_kd.data.formats import DataFormatError
+from retrieval_kd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,13 @@ def select_documents(collection, max_documents: int | None = None, seed: int = 0
         seed: the sample's seed.
         skip_empty: leave out documents whose title and text are both empty (counted); without it such a
             document is an error naming the corpus file, line and id.
-        exclude: document ids to leave out before sampling (counted): e.g. the sources of an earlier query set,
-            to extend it to the rest of the corpus. Ids not in the corpus are ignored.
+        exclude: document ids to leave out before sampling (counted): e.g. the sources of an earlier query set's
+            kept queries, to extend it to the documents it has no query for. A mapping id -> where it comes from (a
+            file) names those origins in the error. Ids not in the corpus are ignored.
 
     Raises:
         DataFormatError: an empty corpus, a document without text (unless ``skip_empty``), or no document with text.
-        ValueError: ``exclude`` leaves no document.
+        ConfigError: ``exclude`` leaves no document.
     """
     corpus = collection.corpus
     if corpus is None:
@@ -76,12 +78,14 @@ def select_documents(collection, max_documents: int | None = None, seed: int = 0
         logger.warning("%s: left out %d documents without text (e.g. %r)", corpus.path, len(empty), empty[0])
     excluded = []
     if exclude:
-        exclude = set(exclude)
-        excluded = [d for d in ids if d in exclude]
-        ids = [d for d in ids if d not in exclude]
+        leave_out = set(exclude)
+        excluded = [d for d in ids if d in leave_out]
+        ids = [d for d in ids if d not in leave_out]
         if not ids:
-            raise ValueError(f"dataset {collection.name!r}: all {len(excluded)} documents with text are excluded; "
-                             "no document is left to make queries from")
+            origin = (f" (the sources of {', '.join(sorted(set(map(str, exclude.values()))))})"
+                      if isinstance(exclude, Mapping) else "")
+            raise ConfigError(f"{corpus.path}: all {len(excluded)} documents with text are excluded{origin}; no "
+                              "document is left to make queries from")
     if max_documents is not None and max_documents < len(ids):
         rows = np.sort(np.random.default_rng(seed).choice(len(ids), size=max_documents, replace=False))
         ids = [ids[int(i)] for i in rows]

@@ -215,7 +215,7 @@ def generate_queries(generator: QueryGenerator, collection, output: str | os.Pat
         seed: the document sample and every batch's sampling seed.
         max_documents, skip_empty, exclude_documents: which documents
             (:func:`~retrieval_kd.queries.documents.select_documents`); ``exclude_documents`` extends an earlier
-            set to the rest of the corpus.
+            set to the documents it has no query for.
         filters: applied once all batches are done; queries equal to an example's query (a small model copying
             it) are dropped first as ``example_copy``, empty outputs as ``empty``.
         restart: drop the finished batches of an earlier, unfinished run.

@@ -16,11 +16,12 @@ digest does not match, which :func:`read_query_set` refuses (and the writer's re
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,14 @@ def collect_queries(made, prefix: str) -> tuple[dict[str, str], dict[str, str], 
     return queries, sources, {"empty": empty} if empty else {}
 
 
-def merge_query_sets(sets: list[QuerySet]) -> QuerySet:
+def merge_query_sets(sets: Sequence[QuerySet]) -> QuerySet:
     """One query set holding the queries of ``sets`` in order (e.g. a generation run and its extension to the rest
-    of the corpus, ``exclude_documents``); counts are summed (``corpus_documents``: the largest; documents skipped as
-    ``excluded`` are not counted), each set's provenance, counts and filters are kept under ``provenance["merged"]``.
+    of the corpus, ``exclude_documents``). Counts: ``candidates`` and ``dropped`` summed, ``documents`` the distinct
+    source documents of the merged queries, ``corpus_documents`` the largest; each set's own provenance, counts and
+    filters are kept under ``provenance["merged"]``.
 
     Raises:
-        IntegrityError: the sets come from different corpora, or one query id names two texts or sources.
+        IntegrityError: the sets come from different corpora, or a query id is in two of them.
     """
     if not sets:
         raise ValueError("no query sets to merge")
@@ -85,24 +87,19 @@ def merge_query_sets(sets: list[QuerySet]) -> QuerySet:
     queries, sources, removed = {}, {}, {}
     for part in sets:
         for qid, text in part.queries.items():
-            if qid in queries and (queries[qid], sources[qid]) != (text, part.sources[qid]):
-                raise IntegrityError(f"query id {qid!r} is in two sets with different texts or sources; give the "
-                                     "runs different id prefixes")
+            if qid in queries:
+                raise IntegrityError(f"query id {qid!r} is in two of the sets to merge (the same file twice, or two "
+                                     "runs with one id prefix: give them different ones, --id-prefix)")
             queries[qid], sources[qid] = text, part.sources[qid]
         removed.update(part.removed)
-    counts: dict[str, Any] = {}
+    dropped: dict[str, int] = {}
     for part in sets:
-        for key, value in part.counts.items():
-            if key == "corpus_documents":
-                counts[key] = max(counts.get(key, 0), value)
-            elif isinstance(value, int):
-                counts[key] = counts.get(key, 0) + value
-            elif isinstance(value, dict):
-                into = counts.setdefault(key, {})
-                for reason, n in value.items():
-                    if reason != "excluded":
-                        into[reason] = into.get(reason, 0) + n
-    counts["kept"] = len(queries)
+        for reason, n in (part.counts.get("dropped") or {}).items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    counts = {"documents": len(set(sources.values())),
+              "corpus_documents": max((s.counts.get("corpus_documents", 0) for s in sets), default=0),
+              "candidates": sum(s.counts.get("candidates", len(s)) for s in sets), "dropped": dropped,
+              "kept": len(queries)}
     methods = {s.method for s in sets}
     provenance = {"merged": [{"method": s.method, "provenance": s.provenance, "counts": s.counts,
                               "filters": s.filters} for s in sets]}
@@ -126,7 +123,8 @@ class QuerySet:
     Attributes:
         queries: query id -> text, in the order they were made (documents in corpus order).
         sources: query id -> the id of the document it was made from (its pseudo-positive).
-        method: ``generate``, ``crop-title``, ``crop-sentence``, ``crop-span`` or ``import``.
+        method: ``generate``, ``crop-title``, ``crop-sentence``, ``crop-span``, ``import``, or ``mixed`` (sets of
+            several methods merged, :func:`merge_query_sets`).
         provenance: settings, model name and revision, prompt hash, seed: what reproduces the set.
         counts: ``documents`` used, ``skipped_documents`` per reason, ``candidates`` made, ``kept``, and
             ``dropped`` per reason (``empty``, ``example_copy``, ``too_short``, ``too_long``, ``duplicate``,
@@ -227,6 +225,8 @@ def read_query_set(path: str | os.PathLike) -> QuerySet:
     from retrieval_kd.utils.fs import sha256_file
 
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such queries file", str(path))
     side = sidecar_path(path)
     if not side.is_file():
         raise FileNotFoundError(f"{side}: no provenance sidecar beside {path}; queries made by `rkd queries` have "
