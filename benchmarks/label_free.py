@@ -375,7 +375,8 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
         info["teacher_dev"][f"init_dense{tag}"] = teacher_dev(dense_ranking(init_model, collection, seq, args.encoding),
                                                         collection, queries_file, store, fingerprint, 0)
         info["queries"] = {"file": str(queries_file), "counts": read_query_set(queries_file).counts,
-                           "method": args.method, "per_document": args.per_document,
+                           **({"from": [str(path) for path in args.queries]} if args.queries else
+                              {"method": args.method, "per_document": args.per_document}),
                            "round_trip_k": args.round_trip_k, "seconds_to_teacher_scores":
                            round(time.perf_counter() - t0, 1)}
         base = {**DENSE_TRAIN, **VARIANTS[args.variant], **overrides, "data.dataset": ref,
