@@ -161,9 +161,7 @@ def make_queries(args, collection, work: Path) -> Path:
     filters = QueryFilters(min_words=4, max_words=64, round_trip="bm25" if args.round_trip_k else None,
                            round_trip_k=max(1, args.round_trip_k))
     if args.queries:
-        sets = [read_query_set(path) for path in args.queries]
-        for path, made in zip(args.queries, sets):
-            made.check_corpus(collection, str(path))
+        sets = [read_query_set(path, collection) for path in args.queries]
         made = apply_filters(merge_query_sets(sets), filters, collection)
     else:
         made = crop_queries(collection, args.method, args.per_document, seed=0,

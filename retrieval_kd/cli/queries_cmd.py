@@ -133,9 +133,8 @@ def _excluded_sources(args, collection) -> dict[str, str] | None:
             raise ConfigError(f"{path}: is both --output and an --exclude-sources file (the rest would overwrite "
                               "it); write the rest to another file and merge the two with `rkd queries filter "
                               "--queries A B`")
-        query_set = read_query_set(path)
-        query_set.check_corpus(collection, str(path))
-        sources.update({doc: str(path) for doc in query_set.sources.values() if doc not in sources})
+        sources.update({doc: str(path) for doc in read_query_set(path, collection).sources.values()
+                        if doc not in sources})
     return sources or None
 
 
@@ -187,10 +186,7 @@ def _filter(args) -> int:
     collection = load_collection(args.dataset)
     if len({path.resolve() for path in args.queries}) < len(args.queries):
         raise ConfigError(f"--queries {' '.join(map(str, args.queries))}: a file is named twice")
-    sets = []
-    for path in args.queries:
-        sets.append(read_query_set(path))
-        sets[-1].check_corpus(collection, str(path))
+    sets = [read_query_set(path, collection) for path in args.queries]
     query_set = apply_filters(merge_query_sets(sets), _filters(args), collection)
     write_query_set(query_set, args.output)
     return _report(query_set, args.output)

@@ -119,9 +119,7 @@ def _score(args) -> int:
 def _query_set(args, collection):
     from retrieval_kd.queries import read_query_set
 
-    query_set = read_query_set(args.queries)
-    query_set.check_corpus(collection, str(args.queries))
-    return query_set
+    return read_query_set(args.queries, collection)
 
 
 def _mine(args) -> int:

@@ -200,9 +200,7 @@ def _query_set(ctx: Context):
     """The ``queries`` stage's query set, checked against the training corpus."""
     from retrieval_kd.queries import read_query_set
 
-    made = read_query_set(queries_file(ctx.config))
-    made.check_corpus(ctx.collection(ctx.config.dataset), str(queries_file(ctx.config)))
-    return made
+    return read_query_set(queries_file(ctx.config), ctx.collection(ctx.config.dataset))
 
 
 def labeled_too(cfg: PipelineConfig) -> bool:

@@ -214,12 +214,15 @@ def write_query_set(query_set: QuerySet, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_query_set(path: str | os.PathLike) -> QuerySet:
-    """A :class:`QuerySet` from ``queries.jsonl`` and its sidecar.
+def read_query_set(path: str | os.PathLike, collection=None) -> QuerySet:
+    """A :class:`QuerySet` from ``queries.jsonl`` and its sidecar; with ``collection``, checked to be made from its
+    corpus (:meth:`QuerySet.check_corpus`).
 
     Raises:
-        FileNotFoundError: no sidecar (a plain queries file has no sources: import it with ``rkd queries import``).
-        IntegrityError: the sidecar was written for another queries file, or names other queries.
+        FileNotFoundError: no such file, or no sidecar (a plain queries file has no sources: import it with
+            ``rkd queries import``).
+        IntegrityError: the sidecar was written for another queries file, or names other queries; the queries were
+            made from another corpus than ``collection``'s.
         DataFormatError: a torn or malformed sidecar.
     """
     from retrieval_kd.utils.fs import sha256_file
@@ -244,6 +247,9 @@ def read_query_set(path: str | os.PathLike) -> QuerySet:
     sources = meta.get("sources") or {}
     if set(sources) != set(queries):
         raise IntegrityError(f"{side}: names the sources of other queries than {path} holds")
-    return QuerySet(queries, {q: sources[q] for q in queries}, meta["method"], meta.get("provenance") or {},
-                    meta.get("counts") or {}, meta.get("filters") or [], meta.get("removed") or {},
-                    meta.get("corpus"))
+    query_set = QuerySet(queries, {q: sources[q] for q in queries}, meta["method"], meta.get("provenance") or {},
+                         meta.get("counts") or {}, meta.get("filters") or [], meta.get("removed") or {},
+                         meta.get("corpus"))
+    if collection is not None:
+        query_set.check_corpus(collection, str(path))
+    return query_set

@@ -65,8 +65,7 @@ def label_free_inputs(data, collection) -> LabelFreeInputs:
     level = max(1, collection.conventions.relevance_level)
     query_set = None
     if data.queries:
-        query_set = read_query_set(data.queries)
-        query_set.check_corpus(collection, data.queries)
+        query_set = read_query_set(data.queries, collection)
         queries = dict(query_set.queries)
     else:
         queries = collection.queries(data.split)
