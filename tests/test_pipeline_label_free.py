@@ -76,6 +76,7 @@ def test_bad_queries_sections_name_the_key(label_free, tmp_path):
         ({"source": "crop", "filters": {"round_trip_k": 0}}, "queries.filters: round_trip_k=0"),
         ({"source": "generate"}, "queries.model: source generate needs a model"),
         ({"source": "generate", "model": "gpt2", "top_p": 2.0}, "queries: sampling needs"),
+        ({"source": "generate", "model": "gpt2", "dtype": "fp8"}, "queries.dtype must be one of auto, float32"),
         ({"source": "generate", "model": "gpt2", "examples": str(tmp_path / "none.jsonl")}, "queries.examples:"),
         ({"source": "import"}, "queries.path: source import needs the file"),
         ({"source": "import", "path": str(tmp_path / "missing.jsonl")}, "queries.path:"),

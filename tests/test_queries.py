@@ -523,6 +523,52 @@ def test_generation_killed_after_two_batches_resumes_to_the_uninterrupted_result
     assert BatchParts(tmp_path / "p", {**settings, "seed": 4}, restart=True).done() == set()
 
 
+def test_generated_queries_are_keyed_by_the_dtype_and_device_they_were_sampled_in(tiny_beir, tiny_causal_lm,
+                                                                                   tmp_path, monkeypatch):
+    import copy
+
+    import torch
+
+    from retrieval_kd.queries.generate import auto_dtype
+
+    assert auto_dtype("cpu", frozenset({"avx2", "avx512_bf16"})) == "bfloat16"
+    assert auto_dtype("cpu", frozenset({"amx_bf16"})) == "bfloat16"
+    assert auto_dtype("cpu", frozenset({"avx2", "avx512f"})) == "float32"   # emulated bf16 is slower than fp32
+    assert auto_dtype("mps") == "float32"
+    with pytest.raises(ConfigError, match="dtype must be one of auto"):
+        QueryGenerator("tiny-llama", dtype="fp8")
+    model, tok = tiny_causal_lm
+    fp32 = _tiny_generator(tiny_causal_lm)
+    bf16 = QueryGenerator("tiny-llama", queries_per_document=2, max_new_tokens=6).set_model(
+        copy.deepcopy(model).to(torch.bfloat16), tok, revision="random-init")
+    assert (fp32.config()["dtype"], fp32.config()["device"]) == ("float32", "cpu")
+    assert bf16.config()["dtype"] == "bfloat16"
+    collection = load_collection(str(tiny_beir))
+    # an fp32 run killed after its first batch: a bf16 rerun would mix batches of two dtypes, so it is refused
+    out = tmp_path / "q.jsonl"
+    real = QueryGenerator.generate
+    calls = []
+
+    def dies_on_the_second_batch(self, docs, seed=0):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, docs, seed)
+
+    monkeypatch.setattr(QueryGenerator, "generate", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate_queries(fp32, collection, out, batch_size=2, seed=1)
+    monkeypatch.setattr(QueryGenerator, "generate", real)
+    with pytest.raises(ConfigError, match="generator differ"):
+        generate_queries(bf16, collection, out, batch_size=2, seed=1)
+    done = generate_queries(fp32, collection, out, batch_size=2, seed=1)
+    assert done.provenance["settings"]["generator"]["dtype"] == "float32"
+    # and a finished fp32 output is not handed back for a bf16 request: it is generated again, in bf16
+    again = generate_queries(bf16, collection, out, batch_size=2, seed=1)
+    assert again.provenance["settings"]["generator"]["dtype"] == "bfloat16"
+    assert read_query_set(out).provenance == again.provenance
+
+
 # -- bad inputs --------------------------------------------------------------------------------------------------
 def test_empty_corpus_and_documents_without_text(tmp_path):
     empty = _folder(tmp_path, [], "empty")

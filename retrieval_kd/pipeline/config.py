@@ -186,7 +186,7 @@ class QueriesConfig:
     top_k: int | None = None
     chat_template: bool = True
     device: str | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
     # import
     path: str | None = None
     format: str = "auto"
@@ -608,12 +608,13 @@ def _validate_queries(config: PipelineConfig, given: set[str], where: str) -> No
                               f"{q.min_span_words}, {q.max_span_words})")
     elif q.source == "generate":
         from retrieval_kd.queries import QueryGenerator, read_examples
+        from retrieval_kd.queries.generate import GENERATOR_DTYPES
 
         if not q.model:
             raise ConfigError(f"{where}: queries.model: source generate needs a model (a causal LM such as "
                               "Qwen/Qwen2.5-7B-Instruct, or a doc2query model such as BeIR/query-gen-msmarco-t5-base-v1)")
-        if q.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"{where}: queries.dtype must be float32, bfloat16 or float16, got {q.dtype!r}")
+        if q.dtype not in GENERATOR_DTYPES:
+            raise ConfigError(f"{where}: queries.dtype must be one of {', '.join(GENERATOR_DTYPES)}, got {q.dtype!r}")
         if q.batch_size < 1:
             raise ConfigError(f"{where}: queries.batch_size must be >= 1, got {q.batch_size}")
         if q.examples is not None:
