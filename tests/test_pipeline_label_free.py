@@ -114,6 +114,13 @@ def test_fingerprints_follow_the_queries_section(label_free, tiny_pipeline):  # 
     other = Pipeline(load_pipeline_config(label_free, {"queries.positives": "both"}))
     same = [s.name for s in base.stages if base.fingerprint(s.name) == other.fingerprint(s.name)]
     assert same == ["queries", "mine", "teach"], same
+    # the generator's dtype means nothing to crops: its default's change (float32 -> auto) runs no stage again
+    import dataclasses
+
+    cfg = load_pipeline_config(label_free)
+    assert cfg.queries.dtype == "auto"
+    old = Pipeline(dataclasses.replace(cfg, queries=dataclasses.replace(cfg.queries, dtype="float32")))
+    assert all(base.fingerprint(s.name) == old.fingerprint(s.name) for s in base.stages)
     # the section reaches every student's config
     dense = base.stage("train-dense").params["config"]["data"]
     assert dense["queries"].endswith("queries/queries.jsonl") and dense["positives"] == "teacher"

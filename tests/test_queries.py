@@ -559,7 +559,7 @@ def test_generated_queries_are_keyed_by_the_dtype_and_device_they_were_sampled_i
     with pytest.raises(KeyboardInterrupt):
         generate_queries(fp32, collection, out, batch_size=2, seed=1)
     monkeypatch.setattr(QueryGenerator, "generate", real)
-    with pytest.raises(ConfigError, match="generator differ"):
+    with pytest.raises(ConfigError, match=r"generator\.dtype, generator\.isa differ"):
         generate_queries(bf16, collection, out, batch_size=2, seed=1)
     done = generate_queries(fp32, collection, out, batch_size=2, seed=1)
     assert done.provenance["settings"]["generator"]["dtype"] == "float32"

@@ -50,6 +50,7 @@ def _selection_args(p) -> None:
 
 
 def add_parser(sub) -> None:
+    from retrieval_kd.queries.generate import GENERATOR_DTYPES
     p = sub.add_parser("queries", help="training queries from a corpus: generate, crop, import, filter",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     action = p.add_subparsers(dest="action", metavar="ACTION")
@@ -69,7 +70,7 @@ def add_parser(sub) -> None:
     gen.add_argument("--top-k", type=positive_int, default=None)
     gen.add_argument("--no-chat-template", action="store_true", help="a plain prompt even if the tokenizer has one")
     gen.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    gen.add_argument("--dtype", default="auto", choices=GENERATOR_DTYPES,
                      help="auto (default): bfloat16 on a GPU or CPU with native bf16, else float32")
     gen.add_argument("--restart", action="store_true", help="drop the finished batches of an unfinished run")
     _selection_args(gen)

@@ -82,8 +82,13 @@ def _file_identities(cfg: PipelineConfig) -> dict:
 
 def _queries_params(cfg: PipelineConfig) -> dict:
     """The ``queries`` section as the queries stage reads it: ``positives`` and ``mix_labeled`` left out, they
-    reach training through the students' configs (and mining through :func:`stages.labeled_too`)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.queries).items() if k not in ("positives", "mix_labeled")}
+    reach training through the students' configs (and mining through :func:`stages.labeled_too`). A source other
+    than ``generate`` ignores ``dtype``; it keeps its earlier default, ``float32``, so that the default's change to
+    ``auto`` leaves the fingerprints of crop, import and split runs (and their finished stages) as they were."""
+    params = {k: v for k, v in dataclasses.asdict(cfg.queries).items() if k not in ("positives", "mix_labeled")}
+    if cfg.queries.source != "generate":
+        params["dtype"] = "float32"
+    return params
 
 
 class Pipeline:

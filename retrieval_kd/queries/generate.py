@@ -60,22 +60,25 @@ def clean_query(text: str) -> str:
     return " ".join(line.split())
 
 
-def auto_dtype(device_type: str, flags: frozenset[str] | None = None) -> str:
-    """The generator's dtype for ``dtype="auto"``: ``bfloat16`` where the device computes in it natively (a CUDA GPU
-    that supports it; a CPU with AMX or AVX-512 BF16), else ``float32`` (emulated bf16 is slower than fp32)."""
+def auto_dtype(device: str, flags: frozenset[str] | None = None) -> str:
+    """The generator's dtype for ``dtype="auto"`` on ``device`` (``cpu``, ``cuda``, ``cuda:1``, ...): ``bfloat16``
+    where the device computes in it natively (a CUDA GPU with bf16 units, not emulation; a CPU with AMX or
+    AVX-512 BF16), else ``float32`` (emulated bf16 is slower than fp32)."""
     import torch
 
     from retrieval_kd.encoders.backends import cpu_flags
 
-    if device_type == "cuda":
-        chosen = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        reason = "the GPU supports bf16" if chosen == "bfloat16" else "the GPU has no bf16"
-    elif device_type == "cpu":
-        flags = cpu_flags() if flags is None else flags
-        chosen = "bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "float32"
-        reason = "the CPU has bf16 instructions" if chosen == "bfloat16" else "no bf16 instructions on this CPU"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        reason = "the GPU has bf16 units" if native else "the GPU has no bf16 units (only emulation)"
+    elif dev.type == "cpu":
+        native = bool({"amx_bf16", "avx512_bf16"} & (cpu_flags() if flags is None else flags))
+        reason = "the CPU has bf16 instructions" if native else "no bf16 instructions (AMX or AVX-512 BF16) on this CPU"
     else:
-        chosen, reason = "float32", f"device {device_type!r}"
+        native, reason = False, f"device type {dev.type!r}"
+    chosen = "bfloat16" if native else "float32"
     logger.info("query generator dtype=auto: %s (%s)", chosen, reason)
     return chosen
 
@@ -138,7 +141,7 @@ class QueryGenerator:
             seq2seq = bool(getattr(AutoConfig.from_pretrained(self.model_name), "is_encoder_decoder", False))
             loader = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
             device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            dtype = auto_dtype(device.type) if self.dtype == "auto" else self.dtype
+            dtype = auto_dtype(str(device)) if self.dtype == "auto" else self.dtype
             model = loader.from_pretrained(self.model_name, dtype=getattr(torch, dtype)).to(device)
             self.set_model(model, AutoTokenizer.from_pretrained(self.model_name))
         return self._model, self._tokenizer
@@ -176,7 +179,7 @@ class QueryGenerator:
                "revision": self.revision(), "queries_per_document": self.queries_per_document,
                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
                "top_k": self.top_k, "max_document_tokens": self.max_document_tokens, "chat_template": self.chat,
-               "dtype": str(model.dtype).removeprefix("torch."), "device": model.device.type}
+               **_numerics(model)}
         if not self.seq2seq:
             cfg.update(prompt_sha256=prompt_sha256(self.prompt, self.examples), examples=len(self.examples))
         return cfg
@@ -227,6 +230,16 @@ class QueryGenerator:
         texts = [clean_query(t) for t in tok.batch_decode(new, skip_special_tokens=True)]
         n = self.queries_per_document
         return [texts[i * n:(i + 1) * n] for i in range(len(documents))]
+
+
+def _numerics(model) -> dict[str, str]:
+    """What the sampled text's arithmetic depends on: the dtype, the device type, and for bf16 on a CPU the
+    instruction set (AMX and AVX-512 BF16 kernels round differently; the encoders' cache keys hold it too)."""
+    from retrieval_kd.encoders.backends import isa_target
+
+    dtype, device = str(model.dtype).removeprefix("torch."), model.device.type
+    isa = isa_target("torch-bf16") if device == "cpu" and dtype == "bfloat16" else ""
+    return {"dtype": dtype, "device": device, "isa": isa}
 
 
 def _batch_seed(seed: int, batch: int) -> int:

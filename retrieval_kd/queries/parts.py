@@ -30,6 +30,18 @@ def parts_folder(output: str | os.PathLike) -> Path:
     return output.with_name(f"{output.name}.parts")
 
 
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ (``generator.dtype``), a key one side lacks included."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b or (key in old) != (key in new):
+            out.append(f"{prefix}{key}" + (" (not recorded by the earlier run)" if key not in old else ""))
+    return out
+
+
 class BatchParts:
     """Finished batches of one job.
 
@@ -53,8 +65,7 @@ class BatchParts:
             except ValueError:
                 old = None
             if old != self.settings:
-                changed = sorted(k for k in set(old or {}) | set(self.settings)
-                                 if (old or {}).get(k) != self.settings.get(k))
+                changed = _differences(old if isinstance(old, dict) else {}, self.settings)
                 raise ConfigError(f"{self.folder}: holds the finished batches of a run with other settings "
                                   f"({', '.join(changed) or 'unreadable settings'} differ); rerun with the same "
                                   "settings to continue it, or pass --restart (restart=True) to drop them")
