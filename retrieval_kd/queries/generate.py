@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-__all__ = ["QueryGenerator", "auto_dtype", "clean_query", "generate_queries"]
+__all__ = ["GENERATOR_DTYPES", "QueryGenerator", "auto_dtype", "clean_query", "generate_queries"]
 
 _LABEL = re.compile(r"^\s*(search\s+)?(query|question)\s*[:\-]\s*", re.IGNORECASE)
 
@@ -66,7 +66,7 @@ def auto_dtype(device: str, flags: frozenset[str] | None = None) -> str:
     AVX-512 BF16), else ``float32`` (emulated bf16 is slower than fp32)."""
     import torch
 
-    from retrieval_kd.encoders.backends import cpu_flags
+    from retrieval_kd.encoders.backends import isa_target
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -74,7 +74,7 @@ def auto_dtype(device: str, flags: frozenset[str] | None = None) -> str:
             native = torch.cuda.is_bf16_supported(including_emulation=False)
         reason = "the GPU has bf16 units" if native else "the GPU has no bf16 units (only emulation)"
     elif dev.type == "cpu":
-        native = bool({"amx_bf16", "avx512_bf16"} & (cpu_flags() if flags is None else flags))
+        native = isa_target("torch-bf16", flags) != "bf16-emulated"  # the encoders' test for native bf16
         reason = "the CPU has bf16 instructions" if native else "no bf16 instructions (AMX or AVX-512 BF16) on this CPU"
     else:
         native, reason = False, f"device type {dev.type!r}"
