@@ -8,6 +8,7 @@ Usage:
       bi-encoder:sentence-transformers/all-mpnet-base-v2 --rows label_free_dense   # another teacher ensemble
   python benchmarks/label_free.py --queries gen.jsonl --variant teacher-kl --rows label_free_dense  # generated
   python benchmarks/label_free.py --queries gen.jsonl gen-rest.jsonl ...                           # merged
+  python benchmarks/label_free.py --start-weights 0.5 ...    # + each dense student mixed with its start (WiSE-FT)
   python benchmarks/label_free.py --smoke                                      # the wiring only, 60 documents
 
 Rows (results keys ``<dataset>.<row>``, nDCG@10 on the *test* split; a row trained with several seeds holds
@@ -100,6 +101,9 @@ def parse_args():
     p.add_argument("--sparse-config", type=Path, default=ROOT / "configs" / "sparse" / "scifact-demo.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a student config key of the trained rows (as rkd train --set)")
+    p.add_argument("--start-weights", type=float, nargs="+", default=[], metavar="W",
+                   help="also score each trained dense student mixed with its start (WiSE-FT, the students' "
+                        "start_weight), made from the trained folder: rows <row>_sw<W>")
     p.add_argument("--smoke", action="store_true", help="wiring check: 60-document slices, 2 training steps")
     p.add_argument("--output", type=Path, default=None)
     return p.parse_args()
@@ -380,15 +384,35 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
         base = {**DENSE_TRAIN, **VARIANTS[args.variant], **overrides, "data.dataset": ref,
                 "data.store": str(store), "data.teacher": fingerprint, "data.queries": str(queries_file),
                 "data.dev_fraction": 0.0 if args.smoke else 0.1}
+    def record_mixed(row: str, folders: list[tuple[int, Path]], dev_signal=None):
+        """Rows ``<row>_sw<W>``: each seed's trained folder mixed with the start (``--start-weights``)."""
+        from retrieval_kd.students import load_config
+        from retrieval_kd.students.interpolate import interpolate_student
+
+        start = load_config(args.dense_config).model
+        for weight in args.start_weights:
+            runs = []
+            for seed, out in folders:
+                mixed = out.with_name(f"{out.name}-sw{weight:g}")
+                if not (mixed / "rkd_training.json").exists():
+                    interpolate_student(start, out, weight, mixed, overwrite=True)
+                runs.append((seed, dense_run(str(mixed), collection, seq, args.encoding)))
+                if dev_signal is not None:
+                    info["teacher_dev"][mixed.name] = dev_signal(mixed, seed)
+            record(f"{row}_sw{weight:g}", runs)
+            per_q_tests[f"{row}_sw{weight:g}"] = row
+
+    per_q_tests = {}
     for row, kind in (("label_free_dense", "dense"), ("label_free_sparse", "sparse")):
         if row not in args.rows:
             continue
-        runs = []
+        runs, folders = [], []
         for seed in args.seeds:
             out = work / f"{row}-{args.variant}-s{seed}{tag}"
             if kind == "dense":
                 summary = train(kind, args.dense_config, {**base, "training.seed": seed, "output_dir": str(out)})
                 runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
+                folders.append((seed, out))
                 info["teacher_dev"][out.name] = teacher_dev(dense_ranking(str(out), collection, seq, args.encoding),
                                                             collection, queries_file, store, fingerprint, seed)
             else:
@@ -407,6 +431,10 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
                 "dev": summary.get("dev"),
                 "train_seconds": summary.get("train_seconds"), "steps": summary.get("steps")}
         record(row, runs)
+        if folders:
+            record_mixed(row, folders, lambda folder, seed: teacher_dev(
+                dense_ranking(str(folder), collection, seq, args.encoding), collection, queries_file, store,
+                fingerprint, seed))
     if {"labeled_dense", "labeled_plus_generated_dense"} & set(args.rows):
         if "train" not in collection.splits:
             raise SystemExit(f"{name}: labelled rows need a train split")
@@ -423,7 +451,7 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
         for row in ("labeled_dense", "labeled_plus_generated_dense"):
             if row not in args.rows:
                 continue
-            runs = []
+            runs, folders = [], []
             for seed in args.seeds:
                 out = work / f"{row}-s{seed}{tag}"
                 extra = {} if row == "labeled_dense" else {**DENSE_TRAIN, **VARIANTS[args.variant], **overrides,
@@ -434,12 +462,16 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
                 info.setdefault("train", {})[out.name] = {"train_seconds": summary.get("train_seconds"),
                                                           "settings": overrides, "teachers": args.teachers}
                 runs.append((seed, dense_run(str(out), collection, seq, args.encoding)))
+                folders.append((seed, out))
             record(row, runs)
+            record_mixed(row, folders)
     tests = {}
     for row in per_q:
         for base_row in ("bm25", "init_dense"):
             if row != base_row and base_row in per_q and row not in ("bm25", "init_dense"):
                 tests[f"{row} vs {base_row}"] = round(paired_p(per_q[row], per_q[base_row]), 4)
+    for row, plain in per_q_tests.items():
+        tests[f"{row} vs {plain}"] = round(paired_p(per_q[row], per_q[plain]), 4)
     info.setdefault("paired_t_test_p", {}).update(tests)
 
 

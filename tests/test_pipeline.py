@@ -340,3 +340,21 @@ def test_label_weight_at_its_default_keeps_the_train_fingerprint_and_set_changes
     assert plain.fingerprint("train-dense") == zero.fingerprint("train-dense")
     assert hinton.fingerprint("train-dense") != plain.fingerprint("train-dense")
     assert hinton.stage("train-dense").params["config"]["loss"]["label_weight"] == 1.0
+
+
+def test_start_weight_at_its_default_keeps_the_train_fingerprints_and_set_changes_them(tiny_pipeline, tmp_path):
+    values = yaml.safe_load(tiny_pipeline.read_text())
+    path = tmp_path / "wise.yaml"
+
+    def pipeline(**top):
+        students = {kind: {**spec, "set": {**(spec.get("set") or {}), **top}}
+                    for kind, spec in values["students"].items()}
+        path.write_text(yaml.safe_dump({**values, "students": students}))
+        return Pipeline(load_pipeline_config(path))
+
+    plain, zero, half = pipeline(), pipeline(start_weight=0.0), pipeline(start_weight=0.5)
+    for stage in (f"train-{kind}" for kind in values["students"]):
+        assert "start_weight" not in plain.stage(stage).params["config"]      # older fingerprints hold
+        assert plain.fingerprint(stage) == zero.fingerprint(stage)
+        assert half.fingerprint(stage) != plain.fingerprint(stage)
+        assert half.stage(stage).params["config"]["start_weight"] == 0.5

@@ -42,16 +42,23 @@ class Stage:
 
 
 #: student config fields added after train fingerprints were first written, with their defaults: left out of the
-#: fingerprint at the default, so those fingerprints still hold (a field added later goes here)
-_LATER_STUDENT_FIELDS = {"loss": {"label_weight": 0.0}}
+#: fingerprint at the default, so those fingerprints still hold (a field added later goes here; section None: a
+#: top-level field)
+_LATER_STUDENT_FIELDS = {None: {"start_weight": 0.0}, "loss": {"label_weight": 0.0}}
+
+
+def _without_defaults(values: dict, defaults: dict) -> dict:
+    return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
 
 
 def _student_params(sc) -> dict:
     """A student config as its train stage's fingerprint (see ``_LATER_STUDENT_FIELDS``)."""
     params = sc.to_dict()
     for section, defaults in _LATER_STUDENT_FIELDS.items():
-        if section in params:
-            params[section] = {k: v for k, v in params[section].items() if k not in defaults or v != defaults[k]}
+        if section is None:
+            params = _without_defaults(params, defaults)
+        elif section in params:
+            params[section] = _without_defaults(params[section], defaults)
     return params
 
 

@@ -146,6 +146,10 @@ class DenseTrainingConfig:
         resume: ``auto`` (resume from the newest checkpoint if there is one), ``never``, or a checkpoint path.
         data, loss, sampler: see their classes.
         training: keyword arguments of ``SentenceTransformerTrainingArguments``.
+        start_weight: after training, the saved weights are ``start_weight * start + (1 - start_weight) *
+            trained`` (WiSE-FT, Wortsman et al. 2022: :mod:`retrieval_kd.students.interpolate`); 0 (default)
+            saves the trained model as it is. Keeps a student distilled from a teacher weaker than its start
+            close to where it started.
     """
 
     name: str = "dense-student"
@@ -158,6 +162,7 @@ class DenseTrainingConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     training: dict[str, Any] = field(default_factory=dict)
+    start_weight: float = 0.0
 
     @property
     def checkpoint_dir(self) -> str:
@@ -317,6 +322,9 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
         raise ConfigError(f"{where}: data.max_negatives must be an integer >= 1 (or null for all), got {mn!r}")
     _check_training(config.training, where)
     _check_positives(config.data, where)
+    from retrieval_kd.students.interpolate import check_start_weight
+
+    check_start_weight(config.start_weight, f"{where}: start_weight")
     return config
 
 

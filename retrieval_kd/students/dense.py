@@ -208,6 +208,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
 
     from retrieval_kd.models.resolve import resolve_model
     from retrieval_kd.students.data import DistillationCollator, InBatchTeacher, StoredInBatchTeacher, dev_evaluator
+    from retrieval_kd.students.interpolate import apply_start_weight, snapshot
     from retrieval_kd.students.losses import LOSSES, build_loss
     from retrieval_kd.utils.fs import check_output_folder
 
@@ -221,6 +222,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
 
     model = SentenceTransformer(config.model)
     model.max_seq_length = config.train_max_length or config.max_seq_length
+    start = snapshot(model) if config.start_weight else None
     loss = build_loss(config.loss.name, model, config.loss.kl_temperature, config.loss.inbatch_weight,
                       config.loss.inbatch_temperature, config.loss.mnrl_scale,
                       config.loss.inbatch_teacher_temperature, config.loss.label_weight)
@@ -245,13 +247,15 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
     seconds = time.perf_counter() - t0
 
     model.max_seq_length = config.max_seq_length
+    apply_start_weight(model, start, config.start_weight)
     dev_metrics = last_dev_metrics(trainer)
     summary = {
         "name": config.name, "output_dir": str(config.output_dir), "teacher": fingerprint,
         "train_queries": len(train_q), "dev_queries": len(dev_q), "pairs": dataset.num_rows,
         "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
         "train_seconds": round(seconds, 1), "resumed_from": resume, "dev": dev_metrics,
-        "precision": training_precision(args), "log_history": trainer.state.log_history,
+        "precision": training_precision(args), "start_weight": config.start_weight,
+        "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
         _save(model, config, summary, clusters, overwrite=overwrite)
@@ -318,6 +322,8 @@ def _card_section(config: DenseTrainingConfig, summary: dict) -> str:
            if config.loss.label_weight else ""),
         f"- Batches: {sampler_names.get(config.sampler.kind, config.sampler.kind)}",
         f"- Steps: {summary['steps']}, final training loss {summary['train_loss']:.4f}, {summary['train_seconds']} s",
+        *([f"- Saved weights: {config.start_weight} x the starting model + {1 - config.start_weight:g} x the "
+           "trained one (WiSE-FT, Wortsman et al. 2022)"] if config.start_weight else []),
     ]
     if dev:
         lines += [f"\nEvaluation on {summary['dev_queries']} held-out training queries (their candidate passages):\n",

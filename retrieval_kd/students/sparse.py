@@ -201,6 +201,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
 
     from retrieval_kd.models.resolve import resolve_model
     from retrieval_kd.students.data import DistillationCollator
+    from retrieval_kd.students.interpolate import apply_start_weight, snapshot
     from retrieval_kd.students.dense import (
         _save,
         cpu_precision,
@@ -225,6 +226,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
     model = build_inference_free_model(config.model, idf, config.train_max_length or config.max_seq_length,
                                        config.query_max_length, idf_aware=config.loss.idf_aware,
                                        train_query_weights=trainable)
+    start = snapshot(model) if config.start_weight else None
     scale = 1.0
     if config.loss.calibrate_scale:
         scale = calibrate_teacher_scale(model, data.dataset, config.loss.calibration_pairs,
@@ -246,13 +248,14 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
     trainer.data_collator = DistillationCollator(trainer.data_collator, "scores")
     result = train_from(trainer, resume_point(config))
     model[0].sub_modules["document"][0].max_seq_length = config.max_seq_length
+    apply_start_weight(model, start, config.start_weight)
     summary = {
         "name": config.name, "output_dir": str(config.output_dir), "teacher": data.fingerprint,
         "train_queries": len(data.train_q), "dev_queries": len(data.dev_q), "pairs": data.dataset.num_rows,
         "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
         "train_seconds": round(time.perf_counter() - t0, 1), "dev": last_dev_metrics(trainer),
         "idf_aware": config.loss.idf_aware, "teacher_scale": config.data.teacher_scale * scale,
-        "precision": training_precision(args),
+        "precision": training_precision(args), "start_weight": config.start_weight,
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
@@ -273,4 +276,6 @@ def _card_section(config: SparseTrainingConfig, summary: dict) -> str:
         f"over {config.loss.regularizer_warmup:.2f} of the steps",
         f"- Data: `{config.data.dataset}` `{config.data.split}`, {summary['train_queries']} queries, "
         f"{summary['pairs']} pairs; {summary['steps']} steps in {summary['train_seconds']} s",
+        *([f"- Saved weights: {config.start_weight} x the starting model + {1 - config.start_weight:g} x the "
+           "trained one (WiSE-FT, Wortsman et al. 2022)"] if config.start_weight else []),
     ]) + "\n"
