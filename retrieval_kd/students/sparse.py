@@ -201,7 +201,6 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
 
     from retrieval_kd.models.resolve import resolve_model
     from retrieval_kd.students.data import DistillationCollator
-    from retrieval_kd.students.interpolate import apply_start_weight, snapshot
     from retrieval_kd.students.dense import (
         _save,
         cpu_precision,
@@ -211,6 +210,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
         train_from,
         training_precision,
     )
+    from retrieval_kd.students.interpolate import apply_start_weight, snapshot
     from retrieval_kd.utils.fs import check_output_folder
 
     check_output_folder(config.output_dir, "sparse-student", overwrite)
