@@ -175,7 +175,7 @@ def test_keys_the_loader_sets_are_unknown_in_a_file(label_free, tmp_path):
 
 
 def test_label_free_pipeline_end_to_end(label_free):
-    config = load_pipeline_config(label_free)
+    config = load_pipeline_config(label_free, {"students.dense.set.start_weight": 0.5})   # WiSE-FT on the dense one
     done = Pipeline(config).run()
     assert list(done) == ["queries", "mine", "teach", "train-dense", "train-sparse", "index", "retrieve",
                           "evaluate", "report"]
@@ -197,6 +197,8 @@ def test_label_free_pipeline_end_to_end(label_free):
     report = (work / "report.md").read_text()
     assert f"{len(made)} made-up queries, source crop (crop-sentence)" in report and str(queries) in report
     assert "equal weights" in report and "trained in" in report
+    assert report.count("saved as 0.5 x its starting model + 0.5 x the trained one") == 1   # the dense one only
+    assert json.loads((work / "models" / "dense" / "rkd_training.json").read_text())["config"]["start_weight"] == 0.5
     metrics = json.loads((work / "metrics.json").read_text())["lf-test"]["runs"]
     assert {"bm25", "ensemble", "dense-flat", "sparse-inference-free"} <= set(metrics)
     # Distill-VQ would train on the made-up queries: no training split is read

@@ -290,7 +290,9 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
             lines.append(f"- {kind}: {s.get('steps')} steps, final training loss {s.get('train_loss', float('nan')):.4f}, "
                          f"trained in {s.get('train_seconds')} s" + (f" ({s['precision']})" if s.get("precision") else "")
                          + f", teacher `{s.get('teacher')}`"
-                         + (f", resumed from {s['resumed_from']}" if s.get("resumed_from") else ""))
+                         + (f", resumed from {s['resumed_from']}" if s.get("resumed_from") else "")
+                         + (f"; saved as {s['start_weight']:g} x its starting model + {1 - s['start_weight']:g} x "
+                            "the trained one (`start_weight`, WiSE-FT)" if s.get("start_weight") else ""))
             if s.get("queries"):
                 lines.append(f"  - training queries: {training_queries_line(s['queries'], s.get('train_queries'))}")
     if loss_plot:
