@@ -74,6 +74,18 @@ def test_a_student_trained_with_start_weight_is_the_mix_of_its_start_and_the_pla
         (tmp_path / "mine" / "notes.txt").write_text("keep")
         interpolate_student(plain.model, tmp_path / "plain", 0.5, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    # the command line: the start read from the student's record; bad input is one line, exit 2
+    from retrieval_kd.cli.main import main
+
+    assert main(["-q", "train", "mix", str(tmp_path / "plain"), "--start-weight", "0.5",
+                 "--output", str(tmp_path / "cli")]) == 0
+    for key, value in weights(tmp_path / "cli").items():
+        torch.testing.assert_close(value, mixed[key], rtol=0, atol=1e-6)
+    assert main(["-q", "train", "mix", str(tmp_path / "plain"), "--start-weight", "1.5",
+                 "--output", str(tmp_path / "bad")]) == 2
+    assert main(["-q", "train", "mix", str(tmp_path / "nope"), "--start-weight", "0.5",
+                 "--output", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_sparse_student_start_weight_one_keeps_the_idf_query_side_it_learnt(tiny_mlm, tiny_distill, tmp_path):

@@ -36,6 +36,20 @@ def add_parser(sub) -> None:
     sparse.add_argument("--overwrite", action="store_true",
                         help="replace output_dir even if it is not a sparse student retrieval-kd wrote")
     sparse.set_defaults(func=_sparse)
+    mix = kind.add_parser("mix", help="mix a trained dense student with the model it started from (WiSE-FT)",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="example:\n  rkd train mix experiments/label-free/models/dense --start-weight 0.5 "
+                          "--output experiments/label-free/models/dense-sw0.5\n(the start is read from the "
+                          "student's rkd_training.json unless --start names it; at training time: --set "
+                          "start_weight=0.5)")
+    mix.add_argument("student", type=Path, help="a dense student folder that `rkd train dense` wrote")
+    mix.add_argument("--start-weight", type=float, required=True,
+                     help="share of the starting model in the saved weights, in [0, 1]")
+    mix.add_argument("--start", default=None, help="the model it was trained from (default: its config's model)")
+    mix.add_argument("--output", required=True, type=Path, help="the mixed SentenceTransformer folder")
+    mix.add_argument("--overwrite", action="store_true",
+                     help="replace --output even if it is not a dense student retrieval-kd wrote")
+    mix.set_defaults(func=_mix)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -66,6 +80,24 @@ def _sparse(args) -> int:
 
     return _report(train_sparse(load_sparse_config(args.config, parse_overrides(args.overrides)),
                                 overwrite=args.overwrite), args)
+
+
+def _mix(args) -> int:
+    from retrieval_kd.errors import ConfigError
+    from retrieval_kd.students.interpolate import interpolate_student
+
+    start = args.start
+    if not args.student.is_dir():
+        raise ConfigError(f"{args.student}: no such folder; give a dense student folder that `rkd train dense` wrote")
+    if start is None:
+        record = args.student / "rkd_training.json"
+        try:
+            start = json.loads(record.read_text())["config"]["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"{record}: no training record naming the starting model; pass --start") from None
+    out = interpolate_student(start, args.student, args.start_weight, args.output, overwrite=args.overwrite)
+    print(json.dumps({"output_dir": str(out), "start": start, "start_weight": args.start_weight}))
+    return 0
 
 
 def _report(summary: dict, args) -> int:

@@ -89,6 +89,9 @@ def interpolate_student(start: str, trained: str | Path, start_weight: float, ou
     from retrieval_kd.utils.fs import atomic_folder, check_output_folder
 
     start_weight = check_start_weight(start_weight)
+    if not (Path(trained) / "modules.json").is_file():
+        raise ConfigError(f"{trained}: not a SentenceTransformer folder (no modules.json); give a dense student "
+                          "folder that `rkd train dense` wrote")
     out = Path(output_dir)
     check_output_folder(out, "dense-student", overwrite)
     resolve_model(start, "starting model")
