@@ -389,13 +389,12 @@ def run_dataset(args, ref: str, overrides: dict, results: dict, meta: dict) -> N
         from retrieval_kd.students import load_config
         from retrieval_kd.students.interpolate import interpolate_student
 
-        start = load_config(args.dense_config).model
+        start = load_config(args.dense_config, overrides).model
         for weight in args.start_weights:
             runs = []
             for seed, out in folders:
                 mixed = out.with_name(f"{out.name}-sw{weight:g}")
-                if not (mixed / "rkd_training.json").exists():
-                    interpolate_student(start, out, weight, mixed, overwrite=True)
+                interpolate_student(start, out, weight, mixed)  # kept when it mixes these weights already
                 runs.append((seed, dense_run(str(mixed), collection, seq, args.encoding)))
                 if dev_signal is not None:
                     info["teacher_dev"][mixed.name] = dev_signal(mixed, seed)

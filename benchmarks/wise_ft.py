@@ -43,7 +43,7 @@ def main() -> None:
     from retrieval_kd.encoders.backends import resolve_encoding
     from retrieval_kd.eval import evaluate
     from retrieval_kd.search.dense import dense_search
-    from retrieval_kd.students.interpolate import interpolate_student
+    from retrieval_kd.students.interpolate import interpolate_student, recorded_start
     from retrieval_kd.utils.hardware import hardware_info
 
     exp = args.experiment
@@ -51,7 +51,7 @@ def main() -> None:
     if not (student / "rkd_training.json").is_file() or not (exp / "config.json").is_file():
         raise SystemExit(f"{exp}: no finished pipeline experiment with a dense student (models/dense)")
     trained = json.loads((student / "rkd_training.json").read_text())["config"]
-    start, max_len = trained["model"], int(trained["max_seq_length"])
+    start, max_len = recorded_start(student), int(trained["max_seq_length"])
     if trained.get("start_weight"):
         raise SystemExit(f"{exp}: its student was already saved mixed (start_weight {trained['start_weight']})")
     config = json.loads((exp / "config.json").read_text())
@@ -74,8 +74,7 @@ def main() -> None:
         for weight in args.start_weights:
             t0 = time.perf_counter()
             folder = exp / "wise-ft" / f"sw{weight:g}"
-            if not (folder / "rkd_training.json").exists():
-                interpolate_student(start, student, weight, folder, overwrite=True)
+            interpolate_student(start, student, weight, folder)  # kept when it mixes these weights already
             scores, per_q = scored(dense_search(str(folder), collection, queries, 1000, max_len, encoding=encoding))
             row = {k: round(v, 4) for k, v in scores.items()}
             for name, (_, other) in base.items():

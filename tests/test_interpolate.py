@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from retrieval_kd.errors import ConfigError
-from retrieval_kd.students.interpolate import check_start_weight, interpolate_state, interpolate_student
+from retrieval_kd.errors import ConfigError, FolderExistsError
+from retrieval_kd.students.interpolate import (
+    check_start_weight,
+    interpolate_state,
+    interpolate_student,
+    recorded_start,
+    snapshot,
+)
 
 
 def test_interpolation_equals_hand_computed_values_and_keeps_integer_buffers_and_dtypes():
@@ -24,6 +31,17 @@ def test_interpolation_equals_hand_computed_values_and_keeps_integer_buffers_and
     assert interpolate_state(start, trained, 0)["w"].tolist() == [4.0, 6.0]
     assert interpolate_state(start, trained, 1)["w"].tolist() == [0.0, 2.0]
     assert start["w"].tolist() == [0.0, 2.0] and trained["w"].tolist() == [4.0, 6.0]   # inputs untouched
+
+
+def test_the_start_is_kept_on_the_cpu_and_mixes_with_a_model_on_another_device():
+    # the trainer may move the model (use_cpu on a GPU machine, or to the GPU): the snapshot stays on the CPU and
+    # the mix happens on the trained tensor's device ("meta" stands in for an accelerator here)
+    layer = torch.nn.Linear(2, 2)
+    start = snapshot(layer)
+    assert all(v.device.type == "cpu" for v in start.values())
+    layer.to("meta")
+    mixed = interpolate_state(start, layer.state_dict(), 0.5)
+    assert {v.device.type for v in mixed.values()} == {"meta"}
 
 
 def test_models_that_do_not_match_and_bad_weights_are_errors(tmp_path):
@@ -69,7 +87,22 @@ def test_a_student_trained_with_start_weight_is_the_mix_of_its_start_and_the_pla
         torch.testing.assert_close(value, mixed[key], rtol=0, atol=1e-6)
     record = json.loads((post / "rkd_training.json").read_text())
     assert record["interpolation"]["start_weight"] == 0.5 and record["summary"]["steps"] == 6
-    with pytest.raises(Exception, match="not written by retrieval-kd"):   # a folder it did not write is kept
+    assert record["summary"]["start_weight"] == 0.5 and record["interpolation"]["trained_sha256"]
+    assert recorded_start(tmp_path / "plain") == str(Path(plain.model).resolve())   # an absolute folder
+    # the same mix again is up to date (not rewritten); new trained weights are mixed again
+    stamp = (post / "model.safetensors").stat().st_mtime_ns
+    interpolate_student(plain.model, tmp_path / "plain", 0.5, tmp_path / "post")
+    assert (post / "model.safetensors").stat().st_mtime_ns == stamp
+    interpolate_student(plain.model, tmp_path / "plain", 0.25, tmp_path / "post")
+    assert json.loads((post / "rkd_training.json").read_text())["interpolation"]["start_weight"] == 0.25
+    # refused: a mix mixed again (made afterwards, or saved mixed by training), an output that is the student
+    for mixed_folder in (post, tmp_path / "half"):
+        with pytest.raises(ConfigError, match="rkd_training.json: this student is already a mix"):
+            interpolate_student(plain.model, mixed_folder, 0.5, tmp_path / "twice")
+    with pytest.raises(ConfigError, match="is the student itself"):
+        interpolate_student(plain.model, tmp_path / "plain", 0.5, tmp_path / "plain")
+    assert not (tmp_path / "twice").exists()
+    with pytest.raises(FolderExistsError, match="not written by retrieval-kd"):   # a folder it did not write is kept
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "notes.txt").write_text("keep")
         interpolate_student(plain.model, tmp_path / "plain", 0.5, tmp_path / "mine")
@@ -111,3 +144,5 @@ def test_sparse_student_start_weight_one_keeps_the_idf_query_side_it_learnt(tiny
     tokens = [t for t in idf if t in vocab]
     assert any(abs(float(moved_run[vocab[t]]) - idf[t]) > 0.1 for t in tokens)   # training moved query weights
     assert all(float(kept_run[vocab[t]]) == pytest.approx(idf[t]) for t in tokens)   # start_weight 1: the start
+    with pytest.raises(ConfigError, match="a sparse student; its query side is built from IDF"):
+        interpolate_student(str(folder), tmp_path / "plain", 0.5, tmp_path / "mixed")

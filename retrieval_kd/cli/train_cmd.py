@@ -84,17 +84,11 @@ def _sparse(args) -> int:
 
 def _mix(args) -> int:
     from retrieval_kd.errors import ConfigError
-    from retrieval_kd.students.interpolate import interpolate_student
+    from retrieval_kd.students.interpolate import interpolate_student, recorded_start
 
-    start = args.start
     if not args.student.is_dir():
         raise ConfigError(f"{args.student}: no such folder; give a dense student folder that `rkd train dense` wrote")
-    if start is None:
-        record = args.student / "rkd_training.json"
-        try:
-            start = json.loads(record.read_text())["config"]["model"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConfigError(f"{record}: no training record naming the starting model; pass --start") from None
+    start = args.start or recorded_start(args.student)
     out = interpolate_student(start, args.student, args.start_weight, args.output, overwrite=args.overwrite)
     print(json.dumps({"output_dir": str(out), "start": start, "start_weight": args.start_weight}))
     return 0

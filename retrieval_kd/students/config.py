@@ -324,7 +324,7 @@ def load_config(source: str | os.PathLike | dict, overrides: dict | None = None,
     _check_positives(config.data, where)
     from retrieval_kd.students.interpolate import check_start_weight
 
-    check_start_weight(config.start_weight, f"{where}: start_weight")
+    config.start_weight = check_start_weight(config.start_weight, f"{where}: start_weight")
     return config
 
 

@@ -208,7 +208,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
 
     from retrieval_kd.models.resolve import resolve_model
     from retrieval_kd.students.data import DistillationCollator, InBatchTeacher, StoredInBatchTeacher, dev_evaluator
-    from retrieval_kd.students.interpolate import apply_start_weight, snapshot
+    from retrieval_kd.students.interpolate import apply_start_weight, snapshot, start_reference
     from retrieval_kd.students.losses import LOSSES, build_loss
     from retrieval_kd.utils.fs import check_output_folder
 
@@ -255,6 +255,7 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
         "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
         "train_seconds": round(seconds, 1), "resumed_from": resume, "dev": dev_metrics,
         "precision": training_precision(args), "start_weight": config.start_weight,
+        "start": start_reference(config.model),
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
@@ -326,6 +327,8 @@ def _card_section(config: DenseTrainingConfig, summary: dict) -> str:
            "trained one (WiSE-FT, Wortsman et al. 2022)"] if config.start_weight else []),
     ]
     if dev:
-        lines += [f"\nEvaluation on {summary['dev_queries']} held-out training queries (their candidate passages):\n",
+        mixed = ", of the trained weights before the start_weight mix" if config.start_weight else ""
+        lines += [f"\nEvaluation on {summary['dev_queries']} held-out training queries (their candidate passages"
+                  f"{mixed}):\n",
                   "| metric | value |", "|---|---:|", dev]
     return "\n".join(lines) + "\n"

@@ -210,7 +210,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
         train_from,
         training_precision,
     )
-    from retrieval_kd.students.interpolate import apply_start_weight, snapshot
+    from retrieval_kd.students.interpolate import apply_start_weight, snapshot, start_reference
     from retrieval_kd.utils.fs import check_output_folder
 
     check_output_folder(config.output_dir, "sparse-student", overwrite)
@@ -256,6 +256,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
         "train_seconds": round(time.perf_counter() - t0, 1), "dev": last_dev_metrics(trainer),
         "idf_aware": config.loss.idf_aware, "teacher_scale": config.data.teacher_scale * scale,
         "precision": training_precision(args), "start_weight": config.start_weight,
+        "start": start_reference(config.model),
         "log_history": trainer.state.log_history,
     }
     if trainer.is_world_process_zero():
