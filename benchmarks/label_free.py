@@ -9,6 +9,8 @@ Usage:
   python benchmarks/label_free.py --queries gen.jsonl --variant teacher-kl --rows label_free_dense  # generated
   python benchmarks/label_free.py --queries gen.jsonl gen-rest.jsonl ...                           # merged
   python benchmarks/label_free.py --start-weights 0.5 ...    # + each dense student mixed with its start (WiSE-FT)
+  python benchmarks/label_free.py --dev-carve 0.2 --rows bm25 init_dense labeled_plus_generated_dense ...
+      # a choice for the labelled rows made on a seeded carve of the *training* queries (test is not read)
   python benchmarks/label_free.py --smoke                                      # the wiring only, 60 documents
 
 Rows (results keys ``<dataset>.<row>``, nDCG@10 on the *test* split; a row trained with several seeds holds
@@ -104,6 +106,10 @@ def parse_args():
     p.add_argument("--start-weights", type=float, nargs="+", default=[], metavar="W",
                    help="also score each trained dense student mixed with its start (WiSE-FT, the students' "
                         "start_weight), made from the trained folder: rows <row>_sw<W>")
+    p.add_argument("--dev-carve", type=float, default=None, metavar="F",
+                   help="run on a copy of each dataset whose test split is a seeded share F of its training queries "
+                        "(with their qrels; they leave training and the weight fit) and whose test queries are "
+                        "gone: settings of the labelled rows chosen there never read test")
     p.add_argument("--smoke", action="store_true", help="wiring check: 60-document slices, 2 training steps")
     p.add_argument("--output", type=Path, default=None)
     return p.parse_args()
@@ -135,6 +141,40 @@ def slice_collection(collection, folder: Path, n_docs: int = 60, n_queries: int 
     for split, qrels in picked.items():
         write_qrels({q: {d: g for d, g in docs.items() if d in keep} for q, docs in qrels.items()},
                     folder / "qrels" / f"{split}.tsv")
+    return str(folder)
+
+
+def carve_dev(ref: str, fraction: float, work: Path, seed: int = 0) -> str:
+    """A BEIR folder ``<work>/<name>-dev<F%>``: the corpus (a byte copy, so every corpus-keyed cache and made-up query
+    file still fits it), qrels/train.tsv = the training queries left after a seeded carve of ``fraction`` of them
+    (:func:`~retrieval_kd.students.data.split_dev`), qrels/test.tsv = the carved ones, and only those queries'
+    texts: the original test split is not copied. Written once (a temporary folder renamed), then reused."""
+    import shutil
+
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.data.formats import write_qrels
+    from retrieval_kd.students.data import split_dev
+
+    collection = load_collection(ref)
+    if "train" not in collection.splits:
+        raise SystemExit(f"{ref}: --dev-carve needs a train split to carve")
+    folder = work / f"{Path(ref).name}-dev{round(100 * fraction)}"
+    if folder.is_dir():
+        return str(folder)
+    qrels = collection.qrels("train")
+    train_ids, dev_ids = split_dev(list(qrels), fraction, seed)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)   # our own half-written folder of a killed run
+    (tmp / "qrels").mkdir(parents=True)
+    shutil.copyfile(collection.corpus.path, tmp / collection.corpus.path.name)
+    texts = collection.all_queries
+    with open(tmp / "queries.jsonl", "w", encoding="utf-8") as fh:
+        for q in sorted(qrels):
+            fh.write(json.dumps({"_id": q, "text": texts[q]}) + "\n")
+    write_qrels({q: qrels[q] for q in train_ids}, tmp / "qrels" / "train.tsv")
+    write_qrels({q: qrels[q] for q in dev_ids}, tmp / "qrels" / "test.tsv")
+    tmp.rename(folder)
+    logging.info("%s: %d training queries, %d carved as its test split", folder, len(train_ids), len(dev_ids))
     return str(folder)
 
 
@@ -494,6 +534,8 @@ def main() -> None:
     meta.setdefault("runs", []).append({"command": "python benchmarks/label_free.py", "args": vars(args),
                                         "hardware": hardware_info()})
     for ref in args.datasets:
+        if args.dev_carve is not None:
+            ref = carve_dev(ref, args.dev_carve, args.work)
         run_dataset(args, ref, overrides, results, meta)
         name = Path(ref).name
         for path, ours in ((args.output, results), (meta_file, meta)):
