@@ -134,14 +134,18 @@ def slice_collection(collection, folder: Path, n_docs: int = 60, n_queries: int 
         for doc in collection.corpus:
             if doc["_id"] in keep:
                 fh.write(json.dumps(doc) + "\n")
-    texts = collection.all_queries
-    with open(folder / "queries.jsonl", "w", encoding="utf-8") as fh:
-        for q in sorted({q for p in picked.values() for q in p}):
-            fh.write(json.dumps({"_id": q, "text": texts[q]}) + "\n")
+    write_queries(folder / "queries.jsonl", {q for p in picked.values() for q in p}, collection.all_queries)
     for split, qrels in picked.items():
         write_qrels({q: {d: g for d, g in docs.items() if d in keep} for q, docs in qrels.items()},
                     folder / "qrels" / f"{split}.tsv")
     return str(folder)
+
+
+def write_queries(path: Path, ids, texts: dict) -> None:
+    """A BEIR queries.jsonl of ``ids`` (sorted) with their ``texts``."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for q in sorted(ids):
+            fh.write(json.dumps({"_id": q, "text": texts[q]}) + "\n")
 
 
 def carve_dev(ref: str, fraction: float, work: Path, seed: int = 0) -> str:
@@ -167,10 +171,7 @@ def carve_dev(ref: str, fraction: float, work: Path, seed: int = 0) -> str:
     shutil.rmtree(tmp, ignore_errors=True)   # our own half-written folder of a killed run
     (tmp / "qrels").mkdir(parents=True)
     shutil.copyfile(collection.corpus.path, tmp / collection.corpus.path.name)
-    texts = collection.all_queries
-    with open(tmp / "queries.jsonl", "w", encoding="utf-8") as fh:
-        for q in sorted(qrels):
-            fh.write(json.dumps({"_id": q, "text": texts[q]}) + "\n")
+    write_queries(tmp / "queries.jsonl", qrels, collection.all_queries)
     write_qrels({q: qrels[q] for q in train_ids}, tmp / "qrels" / "train.tsv")
     write_qrels({q: qrels[q] for q in dev_ids}, tmp / "qrels" / "test.tsv")
     tmp.rename(folder)
