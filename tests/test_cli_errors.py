@@ -4,6 +4,7 @@ the project keeps its traceback and exits with 3. Everything runs in-process (no
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -206,6 +207,51 @@ def test_resolve_model_never_deletes_real_content(empty_hub, tmp_path):
         resolve_model("experiments/x/model")
     (tmp_path / "folder").mkdir()
     assert resolve_model(str(tmp_path / "folder")) == str(tmp_path / "folder")
+
+
+def test_an_unreachable_hub_takes_the_process_offline_once(empty_hub, monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    from retrieval_kd.models import resolve
+
+    snap = empty_hub / "models--org--cached" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (empty_hub / "models--org--cached" / "refs").mkdir()
+    (empty_hub / "models--org--cached" / "refs" / "main").write_text("abc")
+    checks = []
+    monkeypatch.setattr(resolve, "_hub_unreachable", lambda: checks.append(1) or "ConnectError: no DNS")
+    monkeypatch.setattr(resolve, "_hub_checked", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with caplog.at_level("WARNING", logger="retrieval_kd.models.resolve"):
+        assert resolve.resolve_model("org/cached") == "org/cached"
+        assert resolve.resolve_model("org/cached") == "org/cached"
+    assert checks == [1] and os.environ["HF_HUB_OFFLINE"] == "1" and constants.HF_HUB_OFFLINE is True
+    assert [r.message for r in caplog.records if "not reachable" in r.message] and len(caplog.records) == 1
+    with pytest.raises(UnavailableError, match="'org/absent'"):  # offline now: a model not cached is refused
+        resolve.resolve_model("org/absent")
+    # a value the user set is theirs: no check, and 0 stays online (the model downloads on load)
+    monkeypatch.setattr(resolve, "_hub_checked", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert resolve.resolve_model("org/absent") == "org/absent" and checks == [1]
+    # a hub that answers: online, nothing set
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(resolve, "_hub_unreachable", lambda: checks.append(2))
+    assert resolve.resolve_model("org/absent") == "org/absent" and checks == [1, 2]
+    assert "HF_HUB_OFFLINE" not in os.environ and constants.HF_HUB_OFFLINE is False
+
+
+def test_the_hub_check_reports_a_refused_connection(monkeypatch):
+    from huggingface_hub import constants
+
+    from retrieval_kd.models import resolve
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens here
+    assert "Error" in resolve._hub_unreachable()
 
 
 def test_embedding_dimension_is_read_from_the_files(tmp_path):

@@ -4,7 +4,15 @@ Loaded offline (``HF_HUB_OFFLINE=1``), a hub id that is not in the local Hugging
 sentence-transformers and transformers fail deep inside ``huggingface_hub`` with a message about connecting to
 the hub. :func:`resolve_model` says instead which model is missing and how to get it, and removes what the failed
 lookup left in the cache (only folders without any file, never a real snapshot). Every place that loads a model
-(encoders, teachers, students) calls it first. :func:`embedding_dimension` reads a locally available model's output
+(encoders, teachers, students) calls it first.
+
+Without ``HF_HUB_OFFLINE`` on a machine that cannot reach the hub, ``huggingface_hub`` retries every file request
+of a cached model with back-off: minutes per model load (3 min 57 s for all-MiniLM-L6-v2 on the project's offline
+machine). So the first hub id :func:`resolve_model` sees, when neither ``HF_HUB_OFFLINE`` nor
+``TRANSFORMERS_OFFLINE`` is in the environment, costs one request to the hub's endpoint (a few seconds at most,
+through the proxies ``huggingface_hub`` uses); when that fails the process goes offline, as if ``HF_HUB_OFFLINE=1``
+were set, with one warning (:func:`offline_when_unreachable`). Set either variable (``0`` included) to skip the check.
+:func:`embedding_dimension` reads a locally available model's output
 dimension from its files, without loading it (the pipeline's dry run checks PQ sizes with it).
 """
 
@@ -21,22 +29,62 @@ from retrieval_kd.models.offline_pack import OFFLINE_MODELS, hub_cache_dir, snap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["embedding_dimension", "hf_offline", "model_folder", "resolve_model"]
+__all__ = ["embedding_dimension", "hf_offline", "model_folder", "offline_when_unreachable", "resolve_model"]
 
 # A hub id: ``NAME`` or ``ORG/NAME`` of letters, digits, ``_ . -`` (huggingface_hub's rule, without ``--`` / ``..``).
 _HUB_ID = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 _TRUE = {"1", "on", "yes", "true"}
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+#: seconds the reachability check waits for the hub
+HUB_CHECK_TIMEOUT = 5.0
+_hub_checked = False
 
 
 def hf_offline() -> bool:
     """Whether the Hugging Face libraries may not reach the hub (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    if any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+    if any(os.environ.get(v, "").strip().lower() in _TRUE for v in _OFFLINE_VARS):
         return True
     try:
         from huggingface_hub import constants
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         return False
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub's endpoint cannot be reached (one request, no retry), or None when it answers at all."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_CHECK_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect (DNS, refused, timeout, TLS) means unreachable
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def offline_when_unreachable() -> bool:
+    """Go offline (as ``HF_HUB_OFFLINE=1``) when the hub cannot be reached; returns whether the process is offline.
+
+    Checked once per process, and only when neither ``HF_HUB_OFFLINE`` nor ``TRANSFORMERS_OFFLINE`` is in the
+    environment (a value the user set is theirs). Going offline sets the variable (child processes inherit it) and
+    ``huggingface_hub.constants.HF_HUB_OFFLINE``, which ``huggingface_hub``, transformers and sentence-transformers
+    read at each call, so cached models load at once instead of after minutes of retries.
+    """
+    global _hub_checked
+    if _hub_checked or any(v in os.environ for v in _OFFLINE_VARS):
+        return hf_offline()
+    _hub_checked = True
+    why = _hub_unreachable()
+    if why is None:
+        return hf_offline()
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    logger.warning("the Hugging Face hub (%s) is not reachable (%s): models load from the local cache only, as "
+                   "with HF_HUB_OFFLINE=1 (set HF_HUB_OFFLINE to 1 or 0 to skip this check)", constants.ENDPOINT, why)
+    return True
 
 
 def _cached_snapshot(hub_id: str) -> Path | None:
@@ -88,7 +136,8 @@ def resolve_model(ref: str | os.PathLike, what: str = "model") -> str:
     """Check that a model can be loaded here; returns ``ref`` unchanged (as a string).
 
     A local folder is used as it is. A hub id is fine when it is in the local Hugging Face cache, or when the hub
-    may be reached (it is downloaded on load). Offline and not cached, it raises
+    may be reached (it is downloaded on load); the first hub id of a process may take it offline
+    (:func:`offline_when_unreachable`). Offline and not cached, it raises
     :class:`~retrieval_kd.errors.UnavailableError` naming the id, where the cache is, and how to get the model;
     an empty folder that a lookup left in the cache is removed first.
 
@@ -106,7 +155,8 @@ def resolve_model(ref: str | os.PathLike, what: str = "model") -> str:
         raise UnavailableError(f"{what} {text!r}: {path} is a file; give a model folder or a Hugging Face hub id")
     if not _HUB_ID.fullmatch(text):
         raise UnavailableError(f"{what} {text!r}: no such folder, and not a Hugging Face hub id (ORG/NAME)")
-    if _cached_snapshot(text) is not None or not hf_offline():
+    offline = offline_when_unreachable()
+    if _cached_snapshot(text) is not None or not offline:
         return text
     _remove_empty_leftovers(text)
     if text in OFFLINE_MODELS:
