@@ -249,6 +249,9 @@ def test_the_hub_check_reports_a_refused_connection(monkeypatch):
 
     from retrieval_kd.models import resolve
 
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)  # straight to the port, not through a proxy that would answer
+    monkeypatch.setenv("NO_PROXY", "*")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens here
     assert "Error" in resolve._hub_unreachable()

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 from retrieval_kd.errors import UnavailableError
@@ -38,6 +39,7 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 #: seconds the reachability check waits for the hub
 HUB_CHECK_TIMEOUT = 5.0
 _hub_checked = False
+_hub_lock = threading.Lock()
 
 
 def hf_offline() -> bool:
@@ -72,16 +74,17 @@ def offline_when_unreachable() -> bool:
     read at each call, so cached models load at once instead of after minutes of retries.
     """
     global _hub_checked
-    if _hub_checked or any(v in os.environ for v in _OFFLINE_VARS):
-        return hf_offline()
-    _hub_checked = True
-    why = _hub_unreachable()
-    if why is None:
-        return hf_offline()
-    from huggingface_hub import constants
+    with _hub_lock:  # a second thread waits for the first one's answer
+        if _hub_checked or any(v in os.environ for v in _OFFLINE_VARS) or hf_offline():
+            return hf_offline()
+        _hub_checked = True
+        why = _hub_unreachable()
+        if why is None:
+            return False
+        from huggingface_hub import constants
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
     logger.warning("the Hugging Face hub (%s) is not reachable (%s): models load from the local cache only, as "
                    "with HF_HUB_OFFLINE=1 (set HF_HUB_OFFLINE to 1 or 0 to skip this check)", constants.ENDPOINT, why)
     return True
