@@ -75,8 +75,9 @@ def offline_when_unreachable() -> bool:
     """
     global _hub_checked
     with _hub_lock:  # a second thread waits for the first one's answer
-        if _hub_checked or any(v in os.environ for v in _OFFLINE_VARS) or hf_offline():
-            return hf_offline()
+        offline = hf_offline()
+        if offline or _hub_checked or any(v in os.environ for v in _OFFLINE_VARS):
+            return offline
         _hub_checked = True
         why = _hub_unreachable()
         if why is None:
