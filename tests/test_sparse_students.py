@@ -133,7 +133,7 @@ def test_tiny_sparse_student_trains_and_loads_as_sparse_encoder(tiny_mlm, tiny_d
     values["sampler"] = dict(values["sampler"])
     config = load_sparse_config(values, {"training.max_steps": 4})
     summary = train_sparse(config)
-    assert summary["steps"] == 4
+    assert summary["steps"] == 4 and summary["fused_pooling"]       # trained on the fused projection + max
     model = SparseEncoder(str(tmp_path / "sparse"))
     q = model.encode_query(["fish pond"], convert_to_tensor=True).to_dense()[0]
     idf = load_idf(tmp_path / "sparse-idf.json")
@@ -246,3 +246,60 @@ def test_a_copied_model_folder_finds_the_vectors_cached_under_its_old_name(tiny_
     (moved / "extra.txt").write_text("changed")             # another file listing: a new key, encoded again
     with pytest.raises(AssertionError, match="encoded again"):
         sparse_corpus_vectors(str(moved), corpus, 16, encoder=NoEncoding())
+
+
+def _document_route(tiny_mlm, activation="relu", pooling="max"):
+    from sentence_transformers.sentence_transformer.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    folder, _ = tiny_mlm
+    torch.manual_seed(1)
+    doc = Transformer(str(folder), max_seq_length=32, transformer_task="fill-mask")
+    with torch.no_grad():   # a random bias, so that some word pieces are active and some are not
+        doc.auto_model.get_output_embeddings().bias.normal_()
+    doc.train()
+    return doc, SpladePooling(pooling_strategy=pooling, activation_function=activation)
+
+
+@pytest.mark.parametrize("activation", ["relu", "log1p_relu"])
+def test_fused_splade_pooling_gives_the_library_values_and_gradients(tiny_mlm, activation, monkeypatch):
+    from retrieval_kd.students import fused_splade
+    from retrieval_kd.students.fused_splade import fused_splade_pooling
+
+    monkeypatch.setattr(fused_splade, "TOKEN_CHUNK", 3)     # several slices: the max is merged across them
+    doc, pool = _document_route(tiny_mlm, activation)
+    pool.train()
+    long = " ".join(WORDS[:12])
+    texts = ["fish pond", long, "tiger forest river bridge fish", "apple"]   # unequal lengths: padding is masked
+
+    def run():
+        doc.auto_model.zero_grad()
+        torch.manual_seed(2)        # the same dropout masks on both paths
+        features = doc.preprocess(texts)
+        out = pool(doc(features))["sentence_embedding"]
+        (out * torch.linspace(0.5, 2.0, out.shape[1])).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in doc.auto_model.named_parameters() if p.grad is not None}
+
+    keys = set(doc.auto_model.state_dict())
+    expected, expected_grads = run()
+    with fused_splade_pooling(doc, pool) as fused:
+        assert fused and set(doc.auto_model.state_dict()) == keys      # a checkpoint saved meanwhile is unchanged
+        got, grads = run()
+    assert (expected > 0).any() and (expected == 0).any()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert set(grads) == set(expected_grads)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # put back as it was, also when training fails: the library's modules and path
+    with pytest.raises(RuntimeError, match="interrupted"), fused_splade_pooling(doc, pool):
+        raise RuntimeError("interrupted")
+    assert type(doc.auto_model.get_output_embeddings()) is torch.nn.Linear and "forward" not in vars(pool)
+    torch.testing.assert_close(run()[0], expected)
+
+
+def test_sum_pooling_keeps_the_library_path(tiny_mlm):
+    from retrieval_kd.students.fused_splade import fused_splade_pooling
+
+    doc, pool = _document_route(tiny_mlm, pooling="sum")
+    with fused_splade_pooling(doc, pool) as fused:
+        assert not fused and "forward" not in vars(pool)

@@ -210,6 +210,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
         train_from,
         training_precision,
     )
+    from retrieval_kd.students.fused_splade import fused_splade_pooling
     from retrieval_kd.students.interpolate import apply_start_weight, snapshot, start_reference
     from retrieval_kd.utils.fs import check_output_folder
 
@@ -246,8 +247,10 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
     trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data.dataset, loss=loss,
                                    callbacks=[scheduler, *(callbacks or [])])
     trainer.data_collator = DistillationCollator(trainer.data_collator, "scores")
-    result = train_from(trainer, resume_point(config))
-    model[0].sub_modules["document"][0].max_seq_length = config.max_seq_length
+    document = model[0].sub_modules["document"]
+    with fused_splade_pooling(document[0], document[1]) as fused:
+        result = train_from(trainer, resume_point(config))
+    document[0].max_seq_length = config.max_seq_length
     apply_start_weight(model, start, config.start_weight)
     summary = {
         "name": config.name, "output_dir": str(config.output_dir), "teacher": data.fingerprint,
@@ -255,7 +258,7 @@ def train_sparse(config: SparseTrainingConfig, collection=None, callbacks=None, 
         "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
         "train_seconds": round(time.perf_counter() - t0, 1), "dev": last_dev_metrics(trainer),
         "idf_aware": config.loss.idf_aware, "teacher_scale": config.data.teacher_scale * scale,
-        "precision": training_precision(args), "start_weight": config.start_weight,
+        "precision": training_precision(args), "fused_pooling": fused, "start_weight": config.start_weight,
         "start": start_reference(config.model),
         "log_history": trainer.state.log_history,
     }
