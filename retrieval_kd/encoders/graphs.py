@@ -20,7 +20,7 @@ from torch import nn
 
 from retrieval_kd.errors import UnavailableError
 
-__all__ = ["DenseGraph", "SpladeGraph", "dense_graph", "sparse_graph", "splade_pool"]
+__all__ = ["DenseGraph", "SpladeGraph", "dense_graph", "sparse_graph", "splade_activation", "splade_pool"]
 
 
 def splade_pool(logits: torch.Tensor, attention_mask: torch.Tensor, strategy: str = "max",
@@ -32,12 +32,17 @@ def splade_pool(logits: torch.Tensor, attention_mask: torch.Tensor, strategy: st
     """
     mask = attention_mask.unsqueeze(-1) != 0
     if strategy == "max":  # monotonic activation: reduce first, activate (batch, vocab) values only
-        pooled = torch.log1p(torch.relu(logits.masked_fill(~mask, float("-inf")).amax(dim=1)))
-        return torch.log1p(pooled) if activation == "log1p_relu" else pooled
+        return splade_activation(logits.masked_fill(~mask, float("-inf")).amax(dim=1), activation)
     weights = torch.log1p(torch.relu(logits))
     if activation == "log1p_relu":
         weights = torch.log1p(weights)
     return (weights * mask.to(weights.dtype)).sum(dim=1)
+
+
+def splade_activation(values: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+    """SPLADE's activation of (max-pooled) logits: log(1 + ReLU(x)), and log1p once more for ``log1p_relu``."""
+    pooled = torch.log1p(torch.relu(values))
+    return torch.log1p(pooled) if activation == "log1p_relu" else pooled
 
 
 def _transformer(module, task: str):

@@ -21,6 +21,8 @@ import types
 
 import torch
 
+from retrieval_kd.encoders.graphs import splade_activation
+
 logger = logging.getLogger(__name__)
 
 #: tokens per slice of the forward product (bounds its memory to batch x TOKEN_CHUNK x vocab floats)
@@ -89,19 +91,11 @@ class _Hidden(torch.nn.Module):
         return hidden
 
 
-def _fusable(transformer, pooling) -> bool:
-    flattened = bool(getattr(transformer, "can_flatten_inputs", False))   # unpadded: no attention mask
-    return pooling.pooling_strategy == "max" and pooling.activation_function in ("relu", "log1p_relu") \
-        and not flattened
-
-
 def _fused_forward(pooling, features):
     """``SpladePooling.forward`` on the MLM head's hidden states (bound to the pooling module in the block)."""
     head = pooling.__dict__["_fused_head"]       # the _Hidden module: its parameters as they are now
-    pooled = torch.log1p(torch.relu(project_max(features["token_embeddings"], features["attention_mask"],
-                                                head.weight, head.bias)))
-    if pooling.activation_function == "log1p_relu":
-        pooled = torch.log1p(pooled)
+    pooled = splade_activation(project_max(features["token_embeddings"], features["attention_mask"], head.weight,
+                                           head.bias), pooling.activation_function)
     features["sentence_embedding"] = pooled
     if pooling.embedding_dimension is None:
         pooling.embedding_dimension = pooled.shape[1]
@@ -118,7 +112,8 @@ def fused_splade_pooling(transformer, pooling):
     model = transformer.auto_model
     projection = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = [name for name, module in model.named_modules() if module is projection]
-    if not isinstance(projection, torch.nn.Linear) or not names or not _fusable(transformer, pooling):
+    flattened = bool(getattr(transformer, "can_flatten_inputs", False))   # unpadded inputs: no attention mask
+    if not isinstance(projection, torch.nn.Linear) or not names or pooling.pooling_strategy != "max" or flattened:
         logger.info("SPLADE pooling not fused (%s pooling, output projection %s): the library's path",
                     pooling.pooling_strategy, type(projection).__name__)
         yield False
