@@ -90,9 +90,11 @@ def test_bad_queries_sections_name_the_key(label_free, tmp_path):
         with pytest.raises(ConfigError) as err:
             _load_with(label_free, tmp_path, queries=queries)
         assert message in str(err.value), (queries, str(err.value))
-    # fitting the ensemble's weights needs labels: one line saying so, before any work
-    with pytest.raises(ConfigError, match="weights can only be fitted on labels"):
+    # fitting the ensemble's weights on the split needs its labels: one line saying so, before any work
+    with pytest.raises(ConfigError, match="fitted on the split's labels; set teachers.fit_on: sources"):
         _load_with(label_free, tmp_path, teachers={**values["teachers"], "fit_weights": True})
+    with pytest.raises(ConfigError, match="teachers.fit_on must be one of split, sources, got 'qrels'"):
+        _load_with(label_free, tmp_path, teachers={**values["teachers"], "fit_on": "qrels"})
     # without a test split, --dataset has nothing to evaluate on
     no_test = tmp_path / "no-test"
     write_jsonl(no_test / "corpus.jsonl", [{"_id": "d1", "title": "", "text": "fish pond"}])
@@ -271,3 +273,34 @@ def test_made_up_queries_beside_a_training_split_fit_the_weights_on_its_labels(t
     assert teach["fitted_on"].endswith("/train") and len(teach["weights"]) == 2
     dense = Pipeline(config).stage("train-dense").params["config"]["data"]
     assert dense["mix_labeled"] is True and dense["positives"] == "source"
+
+
+def test_weights_fitted_on_the_made_up_queries_sources_read_no_label(label_free, tiny_pipeline, tmp_path):  # noqa: F811
+    """``teachers.fit_on: sources`` fits the ensemble on each crop's source document as its one relevant document,
+    on a folder without a training split. A crop is a substring of its source, so BM25 finds the source and the
+    tiny random bi-encoder does not: the fit gives BM25 the larger weight (the drift the README warns about), and
+    the weights reach the stored ensemble scores."""
+    from retrieval_kd.teachers import ScoreStore, combine_runs
+
+    values = yaml.safe_load(label_free.read_text())
+    teachers = {**values["teachers"], "fit_weights": True, "fit_on": "sources", "fit_step": 0.25}
+    config = _load_with(label_free, tmp_path, teachers=teachers)
+    Pipeline(config).run(until="teach")
+    teach = json.loads((config.work_dir / "stages" / "teach.json").read_text())["summary"]
+    made = read_query_set(config.work_dir / "queries" / "queries.jsonl")
+    assert teach["fitted_on"] == f"{config.dataset}: the sources of {len(made)} made-up queries"
+    bm25_weight, dense_weight = teach["weights"]
+    assert bm25_weight > dense_weight and bm25_weight + dense_weight == pytest.approx(1.0)
+    with ScoreStore(config.work_dir / "scores") as store:
+        runs = [store.get(fp, qids=list(made.queries)) for fp in teach["fingerprints"]]
+        ensemble = store.get(teach["ensemble"], qids=list(made.queries))
+    expected = combine_runs(runs, teach["weights"], "minmax")
+    q = next(iter(made.queries))
+    assert ensemble[q] == pytest.approx(expected[q])
+    # the fit is in the teach fingerprint; the default (fit_on: split) leaves older fingerprints as they were
+    equal = Pipeline(load_pipeline_config(label_free))
+    assert Pipeline(config).fingerprint("teach") != equal.fingerprint("teach")
+    assert "fit_on" not in equal.stage("teach").params["teachers"]
+    # sources need made-up queries: with the split's own queries the key says so
+    with pytest.raises(ConfigError, match="fit_on: sources needs made-up training queries"):
+        load_pipeline_config(tiny_pipeline, {"teachers.fit_on": "sources"})

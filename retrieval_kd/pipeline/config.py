@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["EvalSet", "PipelineConfig", "QueriesConfig", "collection_name", "load_pipeline_config", "check_dataset_ref",
            "check_split", "needs_train_split", "resolved_encoding", "slug"]
 
+#: what ``teachers.fit_on`` fits the ensemble's weights on: the training split's qrels, or the made-up queries' sources
+FIT_ON = ("split", "sources")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -94,8 +96,11 @@ class CandidatesConfig:
 class TeachersConfig:
     """Ensemble members (teacher specs, see :func:`retrieval_kd.teachers.parse_teacher`) and how they combine.
 
-    ``weights`` fixed by hand, else fitted on the training split when ``fit_weights`` (never on an eval split),
-    else equal. ``rerank_depth``: each teacher reranks BM25's top-k of every eval set for the report.
+    ``weights`` fixed by hand, else fitted when ``fit_weights`` (never on an eval split), else equal. ``fit_on``
+    says on what: ``split``, the training split's judged queries; ``sources``, the made-up training queries with
+    the document each was made from as its one relevant document (GPL's pseudo-labels, Wang et al. 2022): no
+    human label is read. For cropped queries this rewards word overlap (a crop is a substring of its source) and
+    drifts towards BM25: measure it against equal weights (README, "Ensemble weights without labels"). ``rerank_depth``: each teacher reranks BM25's top-k of every eval set for the report.
     ``encoding``: the backend of the bi-encoder and SPLADE members whose spec names none (``...,encoding=X``
     does): ``torch`` (fp32, the default: teachers stay exact unless asked), another of
     :data:`~retrieval_kd.encoders.backends.ENCODINGS`, or ``auto``; apart from the students' ``encoding``.
@@ -105,6 +110,7 @@ class TeachersConfig:
     normalization: str = "minmax"
     weights: list[float] | None = None
     fit_weights: bool = True
+    fit_on: str = "split"
     fit_step: float = 0.1
     rerank_depth: int = 100
     encoding: str = "torch"
@@ -538,9 +544,10 @@ def needs_train_split(config: PipelineConfig) -> list[str]:
                        "from the corpus instead (queries.source: crop, generate or import)")
     elif q.mix_labeled:
         reasons.append("queries.mix_labeled adds its judged queries; set it to false")
-    if tc.fit_weights and tc.weights is None and len(tc.members) > 1:
-        reasons.append("teachers.fit_weights: ensemble weights can only be fitted on labels; set "
-                       "teachers.fit_weights: false (equal weights) or give teachers.weights")
+    if tc.fit_weights and tc.fit_on == "split" and tc.weights is None and len(tc.members) > 1:
+        reasons.append("teachers.fit_weights: the ensemble's weights are fitted on the split's labels; set "
+                       "teachers.fit_on: sources (the made-up queries' source documents), teachers.fit_weights: "
+                       "false (equal weights) or give teachers.weights")
     return reasons
 
 
@@ -697,6 +704,11 @@ def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = froze
         _warn_unavailable(getattr(teacher, "model_name", None), where, f"teachers.members[{i}]")
     tc = config.teachers
     tc.rerank_depth = _number(tc.rerank_depth, where, "teachers.rerank_depth")
+    if tc.fit_on not in FIT_ON:
+        raise ConfigError(f"{where}: teachers.fit_on must be one of {', '.join(FIT_ON)}, got {tc.fit_on!r}")
+    if tc.fit_on == "sources" and not config.queries.made_up:
+        raise ConfigError(f"{where}: teachers.fit_on: sources needs made-up training queries (queries.source: crop, "
+                          "generate or import); with the split's queries use fit_on: split")
     if not 0 < tc.fit_step <= 1:
         raise ConfigError(f"{where}: teachers.fit_step must be in (0, 1] (the weight grid's step), got {tc.fit_step}")
     if tc.weights is not None and any(w < 0 for w in tc.weights):

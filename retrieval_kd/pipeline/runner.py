@@ -137,7 +137,8 @@ class Pipeline:
         stages += [
             Stage("mine", st.mine, mine_params, first, st.mine_outputs(cfg),
                   [train_input, *[f"dataset {e['dataset']} ({e['split']})" for e in evals]]),
-            Stage("teach", st.teach, {"teachers": {k: v for k, v in vars(cfg.teachers).items() if k != "encoding"}},
+            Stage("teach", st.teach, {"teachers": {k: v for k, v in vars(cfg.teachers).items()  # fit_on: split
+                                                   if k != "encoding" and (k, v) != ("fit_on", "split")}},  # absent
                   ["mine"], st.teach_outputs(cfg),
                   [str(work / "candidates" / "train.run"), *cfg.teachers.members]),
         ]

@@ -207,7 +207,13 @@ def labeled_too(cfg: PipelineConfig) -> bool:
     """Whether, besides made-up queries, the ``train_split``'s judged queries get candidates and teacher scores:
     they join the training (``queries.mix_labeled``) or the ensemble's weights are fitted on them."""
     q, tc = cfg.queries, cfg.teachers
-    return q.made_up and (q.mix_labeled or (tc.fit_weights and tc.weights is None and len(tc.members) > 1))
+    return q.made_up and (q.mix_labeled or (fits_weights(cfg) and tc.fit_on == "split"))
+
+
+def fits_weights(cfg: PipelineConfig) -> bool:
+    """Whether ``teach`` fits the ensemble's weights (on what: ``teachers.fit_on``)."""
+    tc = cfg.teachers
+    return tc.fit_weights and tc.weights is None and len(tc.members) > 1
 
 
 # ------------------------------------------------------------------------------------------------------ mine
@@ -285,19 +291,24 @@ def teach(ctx: Context) -> dict:
     members = _members(ctx, cfg.dataset)
     for m in members:
         score_candidates(m, train, cands, store, queries=texts)
-    weights, fitted_value = tc.weights, None
-    if weights is None and tc.fit_weights and len(members) > 1 and labeled:
-        with ScoreStore(store) as s:  # the judged candidates' queries only (the store may hold others)
-            runs = [s.get(m.fingerprint, qids=labeled) for m in members]
-        weights, fitted_value = fit_weights(runs, train.qrels(cfg.train_split), tc.normalization, step=tc.fit_step)
+    weights, fitted_value, fitted_on = tc.weights, None, None
+    if fits_weights(cfg) and tc.fit_on == "sources":  # label-free: each made-up query's source is its positive
+        sources = _query_set(ctx).sources
+        qrels = {q: {sources[q]: 1} for q in cands if q in sources}
+        fitted_on = f"{cfg.dataset}: the sources of {len(qrels)} made-up queries"
+    elif fits_weights(cfg) and labeled:
+        qrels, fitted_on = train.qrels(cfg.train_split), f"{cfg.dataset}/{cfg.train_split}"
+    if fitted_on is not None:
+        with ScoreStore(store) as s:  # the fitting queries' candidates only (the store may hold others)
+            runs = [s.get(m.fingerprint, qids=[q for q in cands if q in qrels]) for m in members]
+        weights, fitted_value = fit_weights(runs, qrels, tc.normalization, step=tc.fit_step)
         weights = [round(float(w), 6) for w in weights]
-        logger.info("ensemble weights fitted on %s/%s: %s (nDCG@10 there %.4f)", cfg.dataset, cfg.train_split,
-                    weights, fitted_value)
+        logger.info("ensemble weights fitted on %s: %s (nDCG@10 there %.4f)", fitted_on, weights, fitted_value)
     ensemble = EnsembleTeacher(members, weights, normalization=tc.normalization)
     score_candidates(ensemble, train, cands, store, queries=texts)
     summary = {"members": [m.name for m in members], "fingerprints": [m.fingerprint for m in members],
                "ensemble": ensemble.fingerprint, "weights": weights,
-               "fitted_on": f"{cfg.dataset}/{cfg.train_split}" if fitted_value is not None else None,
+               "fitted_on": fitted_on,
                "fitted_ndcg@10": fitted_value, "rerank": {}}
     for ev in cfg.eval:
         coll = ctx.collection(ev.dataset)
