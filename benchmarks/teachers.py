@@ -8,6 +8,11 @@ The equal-weight min-max ensemble of all members is reported, and so is an ensem
 SciFact's *train* split (grid search for nDCG@10 on train candidates; test is never used for fitting). TREC DL
 2019 has no training split here: its fitted row reuses the weights fitted on SciFact train.
 
+``--fit-on-queries FILE ...`` adds a label-free row, ``ensemble_fitted_sources``: weights fitted on made-up queries
+of SciFact's corpus (``rkd queries generate / crop / import`` output, with its provenance sidecar), each query's
+source document taken as its one relevant document (the pipeline's ``teachers.fit_on: sources``). Their
+candidates are BM25's top-k plus the source.
+
 Writes benchmarks/results/teachers.json: {dataset: {teacher: ndcg@10, ..., "ensemble": ndcg@10,
 "ensemble_fitted": ndcg@10}}, and beside it teachers.meta.json with the weights, timings, command and hardware.
 """
@@ -52,12 +57,37 @@ def score_split(collection, split: str, teachers, store_dir: Path, k: int) -> tu
     return runs, seconds
 
 
+def fit_on_sources(collection, files: list[Path], teachers, store_dir: Path, k: int, step: float) -> dict:
+    """Weights fitted without labels: on made-up queries of ``collection``, each with its source as relevant."""
+    from retrieval_kd.queries import read_query_set
+
+    queries, sources = {}, {}
+    for path in files:
+        made = read_query_set(path, collection)
+        queries.update(made.queries)
+        sources.update(made.sources)
+    qrels = {q: {doc: 1} for q, doc in sources.items() if q in queries}
+    candidates = mine_candidates(collection, None, k=k, sources=("bm25",), queries=queries, positives=qrels)
+    runs = []
+    for teacher in teachers:
+        score_candidates(teacher, collection, candidates, store_dir, queries=queries, batch_queries=16)
+        with ScoreStore(store_dir) as store:
+            runs.append(store.get(teacher.fingerprint, qids=list(qrels)))
+    weights, value = fit_weights(runs, qrels, step=step)
+    logging.info("weights fitted on the sources of %d made-up queries: %s (nDCG@10 there %.4f)", len(qrels),
+                 weights, value)
+    return {"files": [str(f) for f in files], "queries": len(qrels), "candidates": f"bm25 top-{k} + the source",
+            "weights": weights, "ndcg@10_on_sources": value}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["scifact", "trec-dl-2019-passage"])
     parser.add_argument("--teachers", nargs="+", default=DEFAULT_TEACHERS)
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--fit-step", type=float, default=0.1)
+    parser.add_argument("--fit-on-queries", nargs="+", type=Path, default=[],
+                        help="made-up SciFact queries (with their sidecar): also fit the weights on their sources")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "teachers.json")
     parser.add_argument("--work", type=Path, default=ROOT / "experiments" / "bench-teachers")
     args = parser.parse_args()
@@ -74,6 +104,8 @@ def main() -> None:
     fitted, train_value = fit_weights([train_runs[n] for n in names], sci.qrels("train"), step=args.fit_step)
     logging.info("weights fitted on scifact train: %s (nDCG@10 %.4f)", dict(zip(names, fitted)), train_value)
 
+    from_sources = fit_on_sources(sci, args.fit_on_queries, teachers, args.work / "scifact" / "scores-made-up",
+                                  args.top_k, args.fit_step) if args.fit_on_queries else None
     results, tables, details = {}, {}, {}
     for name in args.datasets:
         collection = load_collection(name)
@@ -87,6 +119,9 @@ def main() -> None:
         row = {n: ndcg(runs[n]) for n in names}
         row["ensemble"] = ndcg(EnsembleTeacher(teachers).combine([runs[n] for n in names]))
         row["ensemble_fitted"] = ndcg(EnsembleTeacher(teachers, fitted).combine([runs[n] for n in names]))
+        if from_sources:
+            row["ensemble_fitted_sources"] = ndcg(EnsembleTeacher(teachers, from_sources["weights"]).combine(
+                [runs[n] for n in names]))
         results[name] = row
         details[name] = {"seconds": seconds, "queries": len(qrels), "candidates": f"bm25 top-{args.top_k}",
                                       "fitted_weights": dict(zip(names, fitted)),
@@ -94,7 +129,8 @@ def main() -> None:
         tables[name] = row
     print(to_markdown({f"{n} (nDCG@10)": r for n, r in tables.items()}))
     meta = {"details": details, "hardware": hardware_info(), "command": "python benchmarks/teachers.py",
-            "teachers": args.teachers, "fitted_weights": dict(zip(names, fitted)), "fit_train_ndcg@10": train_value}
+            "teachers": args.teachers, "fitted_weights": dict(zip(names, fitted)), "fit_train_ndcg@10": train_value,
+            "fitted_on_sources": from_sources and {**from_sources, "weights": dict(zip(names, from_sources["weights"]))}}
     with atomic_write(args.output) as fh:
         json.dump(results, fh, indent=1)
     with atomic_write(args.output.with_suffix(".meta.json")) as fh:

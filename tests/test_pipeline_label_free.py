@@ -288,7 +288,7 @@ def test_weights_fitted_on_the_made_up_queries_sources_read_no_label(label_free,
     Pipeline(config).run(until="teach")
     teach = json.loads((config.work_dir / "stages" / "teach.json").read_text())["summary"]
     made = read_query_set(config.work_dir / "queries" / "queries.jsonl")
-    assert teach["fitted_on"] == f"{config.dataset}: the sources of {len(made)} made-up queries"
+    assert teach["fitted_on"] == f"testonly: the sources of {len(made)} made-up queries"
     bm25_weight, dense_weight = teach["weights"]
     assert bm25_weight > dense_weight and bm25_weight + dense_weight == pytest.approx(1.0)
     with ScoreStore(config.work_dir / "scores") as store:

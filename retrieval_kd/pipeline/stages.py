@@ -31,7 +31,14 @@ import numpy as np
 
 from retrieval_kd.data.formats import atomic_write
 from retrieval_kd.encoders.backends import Encoding
-from retrieval_kd.pipeline.config import PipelineConfig, config_path, resolved_encoding, slug, student_config
+from retrieval_kd.pipeline.config import (
+    PipelineConfig,
+    collection_name,
+    config_path,
+    resolved_encoding,
+    slug,
+    student_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +302,7 @@ def teach(ctx: Context) -> dict:
     if fits_weights(cfg) and tc.fit_on == "sources":  # label-free: each made-up query's source is its positive
         sources = _query_set(ctx).sources
         qrels = {q: {sources[q]: 1} for q in cands if q in sources}
-        fitted_on = f"{cfg.dataset}: the sources of {len(qrels)} made-up queries"
+        fitted_on = f"{collection_name(cfg.dataset)}: the sources of {len(qrels)} made-up queries"
     elif fits_weights(cfg) and labeled:
         qrels, fitted_on = train.qrels(cfg.train_split), f"{cfg.dataset}/{cfg.train_split}"
     if fitted_on is not None:

@@ -61,20 +61,48 @@ def combine_runs(runs: Sequence[Run], weights: Sequence[float] | None = None, no
     weights = np.full(len(runs), 1.0 / len(runs)) if weights is None else np.asarray(weights, dtype=np.float64)
     if len(weights) != len(runs):
         raise ValueError(f"{len(weights)} weights for {len(runs)} members")
-    out: dict[str, dict[str, float]] = {}
-    dropped = 0
+    return _weighted(_aligned(runs, normalization), weights, scale)
+
+
+def _aligned(runs: Sequence[Run], normalization: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """``{qid: (docs every member scored, [members, docs] normalised scores)}`` (what each weighting reuses)."""
+    out, dropped = {}, 0
     for qid in runs[0]:
         if not all(qid in r for r in runs):
             dropped += len(runs[0][qid])
             continue
         docs = [d for d in runs[0][qid] if all(d in r[qid] for r in runs)]
         dropped += len(runs[0][qid]) - len(docs)
-        total = np.zeros(len(docs))
-        for w, run in zip(weights, runs):
-            total += w * normalize_scores(np.array([run[qid][d] for d in docs]), normalization)
-        out[qid] = {d: float(s * scale) for d, s in zip(docs, total)}
+        out[qid] = docs, np.stack([normalize_scores(np.array([r[qid][d] for d in docs]), normalization)
+                                   for r in runs]) if docs else np.zeros((len(runs), 0))
     if dropped:
         logger.warning("ensemble: %d (query, doc) pairs lacked a score from some member and were left out", dropped)
+    return out
+
+
+def _weighted(aligned: Mapping[str, tuple[list[str], np.ndarray]], weights: np.ndarray,
+              scale: float = 1.0) -> dict[str, dict[str, float]]:
+    out = {}
+    for qid, (docs, scores) in aligned.items():
+        total = np.zeros(len(docs))
+        for w, member in zip(weights, scores):  # member by member, as the stored ensemble scores were summed
+            total += w * member
+        out[qid] = dict(zip(docs, (total * scale).tolist()))
+    return out
+
+
+def _top(run: dict[str, dict[str, float]], k: int | None) -> dict[str, dict[str, float]]:
+    """Each query's documents scored at least its k-th best (ties kept): a metric cut off at k reads no others, so
+    it is unchanged, and ranx evaluates far fewer pairs (the weight grid evaluates one run per point)."""
+    if k is None:
+        return run
+    out = {}
+    for qid, scores in run.items():
+        if len(scores) <= k:
+            out[qid] = scores
+            continue
+        kth = np.partition(np.fromiter(scores.values(), dtype=np.float64), -k)[-k]
+        out[qid] = {d: v for d, v in scores.items() if v >= kth}
     return out
 
 
@@ -94,12 +122,13 @@ def fit_weights(runs: Sequence[Run], qrels: Mapping[str, Mapping[str, int]], nor
     from retrieval_kd.eval import evaluate
 
     labelled = {q: r for q, r in qrels.items() if any(g >= relevance_level for g in r.values())}
-    runs = [{q: r[q] for q in labelled if q in r} for r in runs]
+    cutoff = int(metric.rsplit("@", 1)[1]) if "@" in metric else None
+    aligned = _aligned([{q: r[q] for q in labelled if q in r} for r in runs], normalization)  # normalised once
     equal = np.full(len(runs), 1.0 / len(runs))
     grid = sorted(_simplex_grid(len(runs), step), key=lambda w: float(np.abs(np.array(w) - equal).sum()))
     best, best_value = list(equal), -1.0
     for weights in grid:
-        value = evaluate(labelled, combine_runs(runs, weights, normalization), [metric],
+        value = evaluate(labelled, _top(_weighted(aligned, np.asarray(weights)), cutoff), [metric],
                          relevance_level=relevance_level).scores[metric]
         if value > best_value + 1e-12:
             best, best_value = list(weights), value
