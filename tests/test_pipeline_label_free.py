@@ -301,6 +301,8 @@ def test_weights_fitted_on_the_made_up_queries_sources_read_no_label(label_free,
     equal = Pipeline(load_pipeline_config(label_free))
     assert Pipeline(config).fingerprint("teach") != equal.fingerprint("teach")
     assert "fit_on" not in equal.stage("teach").params["teachers"]
+    unfitted = Pipeline(load_pipeline_config(label_free, {"teachers.fit_on": "sources"}))  # fit_weights false: moot
+    assert unfitted.fingerprint("teach") == equal.fingerprint("teach")
     # sources need made-up queries: with the split's own queries the key says so
     with pytest.raises(ConfigError, match="fit_on: sources needs made-up training queries"):
         load_pipeline_config(tiny_pipeline, {"teachers.fit_on": "sources"})

@@ -283,3 +283,9 @@ def test_fit_weights_equals_the_grid_scored_on_whole_runs():
     full = [evaluate(qrels, combine_runs(runs, w), ["ndcg@10"]).scores["ndcg@10"] for w in _simplex_grid(3, 0.2)]
     assert value == pytest.approx(max(full), abs=1e-12)
     assert evaluate(qrels, combine_runs(runs, weights), ["ndcg@10"]).scores["ndcg@10"] == pytest.approx(value)
+    # a relevance level in the name keeps the cut; a metric whose @ is no cutoff (RBP's persistence) is not cut
+    _, graded = fit_weights(runs, qrels, step=0.2, metric="ndcg@10-l2")
+    full = [evaluate(qrels, combine_runs(runs, w), ["ndcg@10-l2"]).scores["ndcg@10-l2"] for w in _simplex_grid(3, 0.2)]
+    assert graded == pytest.approx(max(full), abs=1e-12)
+    from retrieval_kd.teachers.ensemble import _CUTOFF
+    assert _CUTOFF.fullmatch("recall@100-l2") and not _CUTOFF.fullmatch("rbp@95")

@@ -137,8 +137,9 @@ class Pipeline:
         stages += [
             Stage("mine", st.mine, mine_params, first, st.mine_outputs(cfg),
                   [train_input, *[f"dataset {e['dataset']} ({e['split']})" for e in evals]]),
-            Stage("teach", st.teach, {"teachers": {k: v for k, v in vars(cfg.teachers).items()  # fit_on: split
-                                                   if k != "encoding" and (k, v) != ("fit_on", "split")}},  # absent
+            Stage("teach", st.teach, {"teachers": {k: v for k, v in vars(cfg.teachers).items()  # fit_on only where
+                                                   if k != "encoding" and (k != "fit_on" or (  # it fits: older
+                                                       v != "split" and st.fits_weights(cfg)))}},  # ones hold
                   ["mine"], st.teach_outputs(cfg),
                   [str(work / "candidates" / "train.run"), *cfg.teachers.members]),
         ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,9 +92,14 @@ def _weighted(aligned: Mapping[str, tuple[list[str], np.ndarray]], weights: np.n
     return out
 
 
+#: metrics that read only a query's top k (``ndcg@10``, ``recall@100-l2``); others (``rbp@95``, ``map``) are not cut
+_CUTOFF = re.compile(r"(?:ndcg|ndcg_burges|recall|precision|mrr|map|hits|hit_rate|f1)@(\d+)(?:-l\d+)?")
+
+
 def _top(run: dict[str, dict[str, float]], k: int | None) -> dict[str, dict[str, float]]:
-    """Each query's documents scored at least its k-th best (ties kept): a metric cut off at k reads no others, so
-    it is unchanged, and ranx evaluates far fewer pairs (the weight grid evaluates one run per point)."""
+    """Each query's documents scored at least its k-th best (ties at the cut kept): a metric cut off at k reads no
+    others, so it is unchanged up to ranx's order of tied scores, and ranx evaluates far fewer pairs (the weight
+    grid evaluates one run per point)."""
     if k is None:
         return run
     out = {}
@@ -122,7 +128,8 @@ def fit_weights(runs: Sequence[Run], qrels: Mapping[str, Mapping[str, int]], nor
     from retrieval_kd.eval import evaluate
 
     labelled = {q: r for q, r in qrels.items() if any(g >= relevance_level for g in r.values())}
-    cutoff = int(metric.rsplit("@", 1)[1]) if "@" in metric else None
+    cut = _CUTOFF.fullmatch(metric)
+    cutoff = int(cut.group(1)) if cut else None
     aligned = _aligned([{q: r[q] for q in labelled if q in r} for r in runs], normalization)  # normalised once
     equal = np.full(len(runs), 1.0 / len(runs))
     grid = sorted(_simplex_grid(len(runs), step), key=lambda w: float(np.abs(np.array(w) - equal).sum()))
