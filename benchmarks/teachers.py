@@ -66,7 +66,7 @@ def fit_on_sources(collection, files: list[Path], teachers, store_dir: Path, k: 
         made = read_query_set(path, collection)
         queries.update(made.queries)
         sources.update(made.sources)
-    qrels = {q: {doc: 1} for q, doc in sources.items() if q in queries}
+    qrels = {q: {doc: 1} for q, doc in sources.items()}
     candidates = mine_candidates(collection, None, k=k, sources=("bm25",), queries=queries, positives=qrels)
     runs = []
     for teacher in teachers:

@@ -100,7 +100,8 @@ class TeachersConfig:
     says on what: ``split``, the training split's judged queries; ``sources``, the made-up training queries with
     the document each was made from as its one relevant document (GPL's pseudo-labels, Wang et al. 2022): no
     human label is read. For cropped queries this rewards word overlap (a crop is a substring of its source) and
-    drifts towards BM25: measure it against equal weights (README, "Ensemble weights without labels"). ``rerank_depth``: each teacher reranks BM25's top-k of every eval set for the report.
+    drifts towards BM25: measure it against equal weights (README, "Ensemble weights without labels").
+    ``rerank_depth``: each teacher reranks BM25's top-k of every eval set for the report.
     ``encoding``: the backend of the bi-encoder and SPLADE members whose spec names none (``...,encoding=X``
     does): ``torch`` (fp32, the default: teachers stay exact unless asked), another of
     :data:`~retrieval_kd.encoders.backends.ENCODINGS`, or ``auto``; apart from the students' ``encoding``.

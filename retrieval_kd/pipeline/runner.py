@@ -134,12 +134,13 @@ class Pipeline:
             first = ["queries"]
             train_input = str(st.queries_file(cfg)) + (f" + dataset {cfg.dataset} ({cfg.train_split})"
                                                         if st.labeled_too(cfg) else "")
+        teach_params = {k: v for k, v in vars(cfg.teachers).items() if k not in ("encoding", "fit_on")}
+        if st.fits_weights(cfg) and cfg.teachers.fit_on != "split":  # only where it changes the fit: older hold
+            teach_params["fit_on"] = cfg.teachers.fit_on
         stages += [
             Stage("mine", st.mine, mine_params, first, st.mine_outputs(cfg),
                   [train_input, *[f"dataset {e['dataset']} ({e['split']})" for e in evals]]),
-            Stage("teach", st.teach, {"teachers": {k: v for k, v in vars(cfg.teachers).items()  # fit_on only where
-                                                   if k != "encoding" and (k != "fit_on" or (  # it fits: older
-                                                       v != "split" and st.fits_weights(cfg)))}},  # ones hold
+            Stage("teach", st.teach, {"teachers": teach_params},
                   ["mine"], st.teach_outputs(cfg),
                   [str(work / "candidates" / "train.run"), *cfg.teachers.members]),
         ]

@@ -284,6 +284,7 @@ def teach(ctx: Context) -> dict:
     an eval split) and its scores stored. Then each teacher reranks BM25's top-``rerank_depth`` of every eval set,
     for the report's teacher rows."""
     from retrieval_kd.data import read_run, write_run
+    from retrieval_kd.queries.pseudo_qrels import pseudo_qrels
     from retrieval_kd.teachers import EnsembleTeacher, ScoreStore, fit_weights, score_candidates
 
     cfg, tc = ctx.config, ctx.config.teachers
@@ -291,8 +292,9 @@ def teach(ctx: Context) -> dict:
     cands = read_run(ctx.work / "candidates" / "train.run")
     store = ctx.work / "scores"
     texts, labeled = None, list(cands)  # None: the collection's query texts
-    if cfg.queries.made_up:
-        texts = dict(_query_set(ctx).queries)
+    made = _query_set(ctx) if cfg.queries.made_up else None
+    if made is not None:
+        texts = dict(made.queries)
         labeled = [q for q in cands if q not in texts]  # the split's judged queries (mixed in, or fitting)
         texts.update({q: train.all_queries[q] for q in labeled})
     members = _members(ctx, cfg.dataset)
@@ -300,8 +302,7 @@ def teach(ctx: Context) -> dict:
         score_candidates(m, train, cands, store, queries=texts)
     weights, fitted_value, fitted_on = tc.weights, None, None
     if fits_weights(cfg) and tc.fit_on == "sources":  # label-free: each made-up query's source is its positive
-        sources = _query_set(ctx).sources
-        qrels = {q: {sources[q]: 1} for q in cands if q in sources}
+        qrels = pseudo_qrels(cands, made.sources, positive="source")
         fitted_on = f"{collection_name(cfg.dataset)}: the sources of {len(qrels)} made-up queries"
     elif fits_weights(cfg) and labeled:
         qrels, fitted_on = train.qrels(cfg.train_split), f"{cfg.dataset}/{cfg.train_split}"
