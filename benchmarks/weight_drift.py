@@ -15,8 +15,6 @@ import json
 import logging
 from pathlib import Path
 
-log = logging.getLogger("weight_drift")
-
 
 def drift(start: dict, student: dict) -> dict:
     """Relative L2 distance of ``student`` from ``start`` (state dicts), overall and the largest per tensor."""
@@ -25,12 +23,13 @@ def drift(start: dict, student: dict) -> dict:
     shared = [k for k in start if k in student and start[k].is_floating_point() and start[k].shape == student[k].shape]
     if not shared:
         raise ValueError("the two models share no floating-point parameter of the same shape")
-    diff = sum(float(torch.sum((student[k].double() - start[k].double()) ** 2)) for k in shared)
-    norm = sum(float(torch.sum(start[k].double() ** 2)) for k in shared)
-    per_tensor = {k: float(torch.linalg.vector_norm((student[k] - start[k]).double())
-                           / max(float(torch.linalg.vector_norm(start[k].double())), 1e-12)) for k in shared}
+    # squared norms of each tensor's change and of the tensor itself, computed once for both figures
+    sq = {k: (float(torch.sum((student[k].double() - start[k].double()) ** 2)), float(torch.sum(start[k].double() ** 2)))
+          for k in shared}
+    overall = (sum(d for d, _ in sq.values()) / sum(n for _, n in sq.values())) ** 0.5
+    per_tensor = {k: (d / max(n, 1e-24)) ** 0.5 for k, (d, n) in sq.items()}
     worst = max(per_tensor, key=per_tensor.get)
-    return {"relative_l2": round((diff / norm) ** 0.5, 6), "parameters": len(shared),
+    return {"relative_l2": round(overall, 6), "parameters": len(shared),
             "max_tensor": worst, "max_tensor_relative_l2": round(per_tensor[worst], 6)}
 
 
@@ -50,9 +49,10 @@ def main() -> None:
         results["students"][str(folder)] = drift(start, student)
         print(json.dumps({str(folder): results["students"][str(folder)]}))
     if args.output:
-        tmp = args.output.with_suffix(args.output.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        tmp.replace(args.output)
+        from retrieval_kd.data.formats import atomic_write
+
+        with atomic_write(args.output) as fh:
+            json.dump(results, fh, indent=1)
 
 
 if __name__ == "__main__":
