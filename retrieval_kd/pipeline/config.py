@@ -52,8 +52,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["EvalSet", "PipelineConfig", "QueriesConfig", "collection_name", "load_pipeline_config", "check_dataset_ref",
            "check_split", "needs_train_split", "resolved_encoding", "slug"]
 
-#: what ``teachers.fit_on`` fits the ensemble's weights on: the training split's qrels, or the made-up queries' sources
-FIT_ON = ("split", "sources")
+#: what ``teachers.fit_on`` fits the ensemble's weights on: the training split's qrels, the made-up queries' sources,
+#: or sentences cut out of the corpus's documents (the inverse cloze task, :mod:`retrieval_kd.teachers.ict_weights`)
+FIT_ON = ("split", "sources", "ict")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -100,7 +101,9 @@ class TeachersConfig:
     says on what: ``split``, the training split's judged queries; ``sources``, the made-up training queries with
     the document each was made from as its one relevant document (GPL's pseudo-labels, Wang et al. 2022): no
     human label is read. For cropped queries this rewards word overlap (a crop is a substring of its source) and
-    drifts towards BM25: measure it against equal weights (README, "Ensemble weights without labels").
+    drifts towards BM25: measure it against equal weights (README, "Ensemble weights without labels"). ``ict``: on
+    ``fit_queries`` sentences cut *out of* their documents, each document without its sentence the relevant one
+    (:func:`retrieval_kd.teachers.ict_weights.fit_weights_ict`; the corpus alone, any collection, label-free).
     ``rerank_depth``: each teacher reranks BM25's top-k of every eval set for the report.
     ``encoding``: the backend of the bi-encoder and SPLADE members whose spec names none (``...,encoding=X``
     does): ``torch`` (fp32, the default: teachers stay exact unless asked), another of
@@ -113,6 +116,7 @@ class TeachersConfig:
     fit_weights: bool = True
     fit_on: str = "split"
     fit_step: float = 0.1
+    fit_queries: int = 300
     rerank_depth: int = 100
     encoding: str = "torch"
 
@@ -547,7 +551,7 @@ def needs_train_split(config: PipelineConfig) -> list[str]:
         reasons.append("queries.mix_labeled adds its judged queries; set it to false")
     if tc.fit_weights and tc.fit_on == "split" and tc.weights is None and len(tc.members) > 1:
         reasons.append("teachers.fit_weights: the ensemble's weights are fitted on the split's labels; set "
-                       "teachers.fit_on: sources (the made-up queries' source documents), teachers.fit_weights: "
+                       "teachers.fit_on: ict (sentences cut out of the corpus's documents), teachers.fit_weights: "
                        "false (equal weights) or give teachers.weights")
     return reasons
 
@@ -710,6 +714,7 @@ def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = froze
     if tc.fit_on == "sources" and not config.queries.made_up:
         raise ConfigError(f"{where}: teachers.fit_on: sources needs made-up training queries (queries.source: crop, "
                           "generate or import); with the split's queries use fit_on: split")
+    tc.fit_queries = _number(tc.fit_queries, where, "teachers.fit_queries", minimum=2)
     if not 0 < tc.fit_step <= 1:
         raise ConfigError(f"{where}: teachers.fit_step must be in (0, 1] (the weight grid's step), got {tc.fit_step}")
     if tc.weights is not None and any(w < 0 for w in tc.weights):

@@ -134,9 +134,11 @@ class Pipeline:
             first = ["queries"]
             train_input = str(st.queries_file(cfg)) + (f" + dataset {cfg.dataset} ({cfg.train_split})"
                                                         if st.labeled_too(cfg) else "")
-        teach_params = {k: v for k, v in vars(cfg.teachers).items() if k not in ("encoding", "fit_on")}
+        teach_params = {k: v for k, v in vars(cfg.teachers).items() if k not in ("encoding", "fit_on", "fit_queries")}
         if st.fits_weights(cfg) and cfg.teachers.fit_on != "split":  # only where it changes the fit: older hold
             teach_params["fit_on"] = cfg.teachers.fit_on
+            if cfg.teachers.fit_on == "ict":
+                teach_params.update(fit_queries=cfg.teachers.fit_queries, fit_seed=cfg.queries.seed)
         stages += [
             Stage("mine", st.mine, mine_params, first, st.mine_outputs(cfg),
                   [train_input, *[f"dataset {e['dataset']} ({e['split']})" for e in evals]]),

@@ -301,12 +301,20 @@ def teach(ctx: Context) -> dict:
     for m in members:
         score_candidates(m, train, cands, store, queries=texts)
     weights, fitted_value, fitted_on = tc.weights, None, None
-    if fits_weights(cfg) and tc.fit_on == "sources":  # label-free: each made-up query's source is its positive
+    if fits_weights(cfg) and tc.fit_on == "ict":  # label-free: sentences cut out of the corpus's documents
+        from retrieval_kd.teachers.ict_weights import fit_weights_ict
+
+        fit = fit_weights_ict(train, members, tc.fit_queries, seed=cfg.queries.seed, top_k=cfg.candidates.top_k,
+                              normalization=tc.normalization, step=tc.fit_step, encoding=ctx.encoding("dense"))
+        weights, fitted_value = [round(w, 6) for w in fit.weights], fit.ndcg
+        fitted_on = (f"{collection_name(cfg.dataset)}: {fit.queries} sentences cut out of their documents (ICT; "
+                     f"members' nDCG@10 there {[round(v, 4) for v in fit.members_ndcg]})")
+    elif fits_weights(cfg) and tc.fit_on == "sources":  # label-free: each made-up query's source is its positive
         qrels = pseudo_qrels(cands, made.sources, positive="source")
         fitted_on = f"{collection_name(cfg.dataset)}: the sources of {len(qrels)} made-up queries"
     elif fits_weights(cfg) and labeled:
         qrels, fitted_on = train.qrels(cfg.train_split), f"{cfg.dataset}/{cfg.train_split}"
-    if fitted_on is not None:
+    if fitted_on is not None and tc.fit_on != "ict":
         with ScoreStore(store) as s:  # the fitting queries' candidates only (the store may hold others)
             runs = [s.get(m.fingerprint, qids=[q for q in cands if q in qrels]) for m in members]
         weights, fitted_value = fit_weights(runs, qrels, tc.normalization, step=tc.fit_step)

@@ -88,9 +88,22 @@ class BiEncoderTeacher(Teacher):
                                  normalize_embeddings=self.normalize, convert_to_numpy=True)
 
     def encode_docs(self, doc_ids: list[str], doc_texts: list[str]) -> np.ndarray:
-        """Embeddings of passages, encoding only those not seen before (or read from the corpus cache)."""
-        if self._corpus_emb is not None:
-            return np.asarray(self._corpus_emb[self._corpus.rows(doc_ids)]) if doc_ids else self._corpus_emb[:0]
+        """Embeddings of passages: from the corpus cache where :meth:`prepare` read one, else (and for a passage
+        the corpus does not hold, e.g. a document with a sentence cut out) encoded from the text, once per id."""
+        if self._corpus_emb is None:
+            return self._encode_new(doc_ids, doc_texts)
+        if not doc_ids:
+            return self._corpus_emb[:0]
+        inside = self._corpus.has(doc_ids)
+        if inside.all():
+            return np.asarray(self._corpus_emb[self._corpus.rows(doc_ids)])
+        out = np.empty((len(doc_ids), self._corpus_emb.shape[1]), dtype=np.float32)
+        out[inside] = self._corpus_emb[self._corpus.rows([d for d, i in zip(doc_ids, inside) if i])]
+        out[~inside] = self._encode_new([d for d, i in zip(doc_ids, inside) if not i],
+                                        [t for t, i in zip(doc_texts, inside) if not i])
+        return out
+
+    def _encode_new(self, doc_ids: list[str], doc_texts: list[str]) -> np.ndarray:
         todo = [(d, t) for d, t in dict(zip(doc_ids, doc_texts)).items() if d not in self._doc_cache]
         if todo:
             emb = self.model.encode([t for _, t in todo], batch_size=self.batch_size,
