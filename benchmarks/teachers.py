@@ -13,6 +13,10 @@ of SciFact's corpus (``rkd queries generate / crop / import`` output, with its p
 source document taken as its one relevant document (the pipeline's ``teachers.fit_on: sources``). Their
 candidates are BM25's top-k plus the source.
 
+``--fit-ict`` adds another, ``ensemble_fitted_ict``: weights fitted on each dataset's own corpus by
+:func:`retrieval_kd.teachers.ict_weights.fit_weights_ict` (sentences cut out of their documents; the pipeline's
+``teachers.fit_on: ict``), ``--ict-queries`` of them. ``--datasets`` takes registered names or BEIR folders.
+
 Writes benchmarks/results/teachers.json: {dataset: {teacher: ndcg@10, ..., "ensemble": ndcg@10,
 "ensemble_fitted": ndcg@10}}, and beside it teachers.meta.json with the weights, timings, command and hardware.
 """
@@ -22,13 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 from retrieval_kd.data import load_collection
 from retrieval_kd.data.formats import atomic_write
 from retrieval_kd.eval import evaluate, to_markdown
+from retrieval_kd.pipeline.config import collection_name
 from retrieval_kd.teachers import EnsembleTeacher, ScoreStore, fit_weights, mine_candidates, parse_teacher
+from retrieval_kd.teachers.ict_weights import fit_weights_ict
 from retrieval_kd.teachers.runner import score_candidates
 from retrieval_kd.utils.hardware import hardware_info
 
@@ -88,6 +95,9 @@ def main() -> None:
     parser.add_argument("--fit-step", type=float, default=0.1)
     parser.add_argument("--fit-on-queries", nargs="+", type=Path, default=[],
                         help="made-up SciFact queries (with their sidecar): also fit the weights on their sources")
+    parser.add_argument("--fit-ict", action="store_true",
+                        help="also fit the weights on each dataset's corpus by the inverse cloze task (no label)")
+    parser.add_argument("--ict-queries", type=int, default=300)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "teachers.json")
     parser.add_argument("--work", type=Path, default=ROOT / "experiments" / "bench-teachers")
     args = parser.parse_args()
@@ -107,9 +117,11 @@ def main() -> None:
     from_sources = fit_on_sources(sci, args.fit_on_queries, teachers, args.work / "scifact" / "scores-made-up",
                                   args.top_k, args.fit_step) if args.fit_on_queries else None
     results, tables, details = {}, {}, {}
-    for name in args.datasets:
-        collection = load_collection(name)
+    for ref in args.datasets:
+        collection = load_collection(ref)
+        name = collection_name(ref)
         conv = collection.conventions
+        teachers = [parse_teacher(spec) for spec in args.teachers]  # fresh per corpus: their caches key by doc id
         runs, seconds = score_split(collection, "test", teachers, args.work / name / "scores", args.top_k)
         qrels = collection.qrels("test")
 
@@ -122,13 +134,20 @@ def main() -> None:
         if from_sources:
             row["ensemble_fitted_sources"] = ndcg(EnsembleTeacher(teachers, from_sources["weights"]).combine(
                 [runs[n] for n in names]))
-        results[name] = row
         details[name] = {"seconds": seconds, "queries": len(qrels), "candidates": f"bm25 top-{args.top_k}",
-                                      "fitted_weights": dict(zip(names, fitted)),
-                                      "fitted_on": "scifact train" + ("" if name == "scifact" else " (transferred)")}
+                         "fitted_weights": dict(zip(names, fitted)),
+                         "fitted_on": "scifact train" + ("" if name == "scifact" else " (transferred)")}
+        if args.fit_ict:
+            t0 = time.perf_counter()
+            ict = fit_weights_ict(collection, teachers, args.ict_queries, step=args.fit_step)
+            row["ensemble_fitted_ict"] = ndcg(EnsembleTeacher(teachers, ict.weights).combine([runs[n] for n in names]))
+            details[name]["ict"] = {"weights": dict(zip(names, ict.weights)), "queries": ict.queries,
+                                    "ndcg@10_on_ict": ict.ndcg, "members_ndcg@10_on_ict": dict(zip(names, ict.members_ndcg)),
+                                    "seconds": round(time.perf_counter() - t0, 1)}
+        results[name] = row
         tables[name] = row
     print(to_markdown({f"{n} (nDCG@10)": r for n, r in tables.items()}))
-    meta = {"details": details, "hardware": hardware_info(), "command": "python benchmarks/teachers.py",
+    meta = {"details": details, "hardware": hardware_info(), "command": "python benchmarks/teachers.py " + " ".join(sys.argv[1:]),
             "teachers": args.teachers, "fitted_weights": dict(zip(names, fitted)), "fit_train_ndcg@10": train_value,
             "fitted_on_sources": from_sources and {**from_sources, "weights": dict(zip(names, from_sources["weights"]))}}
     with atomic_write(args.output) as fh:

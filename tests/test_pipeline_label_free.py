@@ -91,9 +91,9 @@ def test_bad_queries_sections_name_the_key(label_free, tmp_path):
             _load_with(label_free, tmp_path, queries=queries)
         assert message in str(err.value), (queries, str(err.value))
     # fitting the ensemble's weights on the split needs its labels: one line saying so, before any work
-    with pytest.raises(ConfigError, match="fitted on the split's labels; set teachers.fit_on: sources"):
+    with pytest.raises(ConfigError, match="fitted on the split's labels; set teachers.fit_on: ict"):
         _load_with(label_free, tmp_path, teachers={**values["teachers"], "fit_weights": True})
-    with pytest.raises(ConfigError, match="teachers.fit_on must be one of split, sources, got 'qrels'"):
+    with pytest.raises(ConfigError, match="teachers.fit_on must be one of split, sources, ict, got 'qrels'"):
         _load_with(label_free, tmp_path, teachers={**values["teachers"], "fit_on": "qrels"})
     # without a test split, --dataset has nothing to evaluate on
     no_test = tmp_path / "no-test"

@@ -305,7 +305,8 @@ def teach(ctx: Context) -> dict:
         from retrieval_kd.teachers.ict_weights import fit_weights_ict
 
         fit = fit_weights_ict(train, members, tc.fit_queries, seed=cfg.queries.seed, top_k=cfg.candidates.top_k,
-                              normalization=tc.normalization, step=tc.fit_step, encoding=ctx.encoding("dense"))
+                              sources=tuple(cfg.candidates.sources), normalization=tc.normalization,
+                              step=tc.fit_step, encoding=ctx.encoding("dense"))
         weights, fitted_value = [round(w, 6) for w in fit.weights], fit.ndcg
         fitted_on = (f"{collection_name(cfg.dataset)}: {fit.queries} sentences cut out of their documents (ICT; "
                      f"members' nDCG@10 there {[round(v, 4) for v in fit.members_ndcg]})")

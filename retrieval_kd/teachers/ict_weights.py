@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,10 +35,15 @@ from retrieval_kd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IctFit", "fit_weights_ict"]
+__all__ = ["IctFit", "fit_weights_ict", "masked_id"]
 
-#: the id a masked source is scored under (a document id never holds a NUL)
-MASKED = "{doc}\x00ict"
+#: the id a masked source is scored under: its document's, a NUL (which no document id holds) and a hash of the
+#: masked text, so a member's passage cache never mixes it with the document or with another cut of it
+MASKED = "{doc}\x00ict-{digest}"
+
+
+def masked_id(doc_id: str, text: str) -> str:
+    return MASKED.format(doc=doc_id, digest=hashlib.sha1(text.encode("utf-8")).hexdigest()[:16])
 
 
 @dataclass
@@ -79,11 +85,13 @@ def _text(doc: dict) -> str:
 
 
 def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int = 0, top_k: int = 30,
-                    normalization: str = "minmax", step: float = 0.1, encoding: str = "torch",
-                    dense_model: str = "sentence-transformers/all-MiniLM-L6-v2") -> IctFit:
+                    sources: Sequence[str] = ("bm25", "dense"), normalization: str = "minmax", step: float = 0.1,
+                    encoding: str = "torch", dense_model: str = "sentence-transformers/all-MiniLM-L6-v2") -> IctFit:
     """Fit the weights of an ensemble of ``members`` (teachers) on ``collection``'s corpus alone (module docstring).
 
-    ``encoding``: the backend of the dense candidate search (the pipeline's). Returns an :class:`IctFit`.
+    ``sources``: what fills each pool besides the masked source (``bm25``: over the masked corpus; ``dense``:
+    ``dense_model`` over the cached corpus embeddings), ``top_k`` of each; ``encoding``: the dense search's backend
+    (the pipeline's). Returns an :class:`IctFit`.
     """
     from retrieval_kd.eval import evaluate
     from retrieval_kd.search.bm25 import BM25Index, BM25Params
@@ -92,7 +100,7 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
 
     if len(members) < 2:
         raise ConfigError(f"fitting ensemble weights needs at least 2 members, got {len(members)}")
-    texts, sources, masked = _masked_sources(collection, queries, seed)
+    texts, source_of, masked = _masked_sources(collection, queries, seed)
     corpus = [masked.get(d["_id"], d) for d in collection.corpus]
     indexes: dict[tuple[float, float], BM25Index] = {}
 
@@ -101,13 +109,17 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
             indexes[k1, b] = BM25Index.build(corpus, BM25Params(k1=k1, b=b))
         return indexes[k1, b]
 
-    lexical = bm25().search(texts, top_k=top_k)
-    dense = mine_dense(collection, texts, dense_model, top_k + 1, encoding=encoding)
+    unknown = set(sources) - {"bm25", "dense"}
+    if unknown:
+        raise ConfigError(f"unknown candidate source {sorted(unknown)[0]!r}; use bm25 or dense")
+    found = [bm25().search(texts, top_k=top_k)] if "bm25" in sources else []
+    if "dense" in sources:  # one more: the source (unmasked here) may be among them
+        found.append(mine_dense(collection, texts, dense_model, top_k + 1, encoding=encoding))
     pools = {}
-    for qid, src in sources.items():
-        others = [d for d in (*lexical.get(qid, {}), *dense.get(qid, {})) if d != src]
-        pools[qid] = [src, *dict.fromkeys(others)][: 2 * top_k + 1]
-    qrels = {qid: {src: 1} for qid, src in sources.items()}
+    for qid, src in source_of.items():
+        others = [d for run in found for d in run.get(qid, {}) if d != src]
+        pools[qid] = [src, *dict.fromkeys(others)]
+    qrels = {qid: {src: 1} for qid, src in source_of.items()}
     runs = []
     for member in members:
         if member.kind == "bm25":
@@ -117,8 +129,9 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
         member.prepare(collection)
         items = []
         for qid, pool in pools.items():
-            ids = [MASKED.format(doc=sources[qid]), *pool[1:]]
-            docs = [_text(masked[sources[qid]]), *collection.corpus.texts(pool[1:])]
+            text = _text(masked[source_of[qid]])
+            ids = [masked_id(source_of[qid], text), *pool[1:]]
+            docs = [text, *collection.corpus.texts(pool[1:])]
             items.append((texts[qid], ids, docs))
         scores = [s for i in range(0, len(items), 16) for s in member.score_batch(items[i:i + 16])]
         runs.append({q: dict(zip(pool, map(float, s))) for (q, pool), s in zip(pools.items(), scores)})

@@ -1,0 +1,141 @@
+"""Ensemble weights fitted without labels on the inverse cloze task (`teachers.fit_on: ict`): the masked source,
+the members' scores of it, the fit, the pipeline's use of it, and the bi-encoder scoring a passage the corpus lacks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from retrieval_kd.errors import ConfigError
+from retrieval_kd.teachers import BM25Teacher
+from retrieval_kd.teachers.ict_weights import fit_weights_ict, masked_id
+
+from .conftest import write_jsonl
+from .test_pipeline import tiny_pipeline  # noqa: F401 - the fixture
+from .test_pipeline_label_free import _load_with, label_free  # noqa: F401 - the fixture
+
+
+def _topic_folder(folder, n_docs: int = 12):
+    """Documents of three sentences; every sentence of ``d<i>`` holds ``topic<i>`` (in no other document), words
+    of its own and ``fish`` (in every sentence). A sentence cut out of ``d<i>`` shares only ``topic<i>`` and
+    ``fish`` with the rest of it, and only ``fish`` with any other document."""
+    docs = [{"_id": f"d{i}", "title": "",
+             "text": " ".join(f"Topic{i} fish w{i}s{s}a w{i}s{s}b." for s in range(3))} for i in range(n_docs)]
+    write_jsonl(folder / "corpus.jsonl", docs)
+    write_jsonl(folder / "queries.jsonl", [{"_id": "q0", "text": "fish"}])
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    return folder
+
+
+class Adversary(BM25Teacher):
+    """Scores every masked source 0 and every other passage 1; records what it was shown for the masked ones."""
+
+    kind = "adversary"
+
+    def __init__(self):
+        super().__init__()
+        self.masked_seen: list[tuple[str, str, str]] = []
+
+    def config(self):
+        return {}
+
+    def prepare(self, collection) -> None:
+        pass
+
+    def score(self, query, doc_ids, doc_texts):
+        for d, t in zip(doc_ids, doc_texts):
+            if "\x00ict-" in d:
+                self.masked_seen.append((query, d, t))
+        return np.array([0.0 if "\x00ict-" in d else 1.0 for d in doc_ids])
+
+
+def test_ict_fit_masks_the_sentence_and_weights_the_member_that_finds_the_rest(tmp_path):
+    from retrieval_kd.data import load_collection
+
+    collection = load_collection(str(_topic_folder(tmp_path / "topics")))
+    bm25, adversary = BM25Teacher(), Adversary()
+    bm25.prepare(collection)
+    fit = fit_weights_ict(collection, [bm25, adversary], queries=8, seed=0, top_k=5, sources=("bm25",), step=0.1)
+    assert fit.queries == 8
+    # BM25 finds each source through topic<i> alone (the query's own words are gone from it): rank 1 every time;
+    # the adversary ranks it last of its pool, BM25's top 5 (the source among them; nDCG@10 = 1 / log2(6))
+    assert fit.members_ndcg[0] == pytest.approx(1.0)
+    assert fit.members_ndcg[1] == pytest.approx(1 / np.log2(6))
+    # min-max: the source scores w (BM25's 1, the adversary's 0), the others 1 - w (BM25 scores them alike, on
+    # `fish`): first for w > 0.5, tied at 0.5 (which ranx may order either way), last below
+    assert fit.weights[0] >= 0.5 and sum(fit.weights) == pytest.approx(1.0) and fit.ndcg == pytest.approx(1.0)
+    swapped = fit_weights_ict(collection, [Adversary(), bm25], queries=8, seed=0, top_k=5, sources=("bm25",))
+    assert swapped.weights[1] >= 0.5 and swapped.members_ndcg == pytest.approx(fit.members_ndcg[::-1])
+    assert len(adversary.masked_seen) == 8 and len({d for _, d, _ in adversary.masked_seen}) == 8
+    for query, masked_id_, text in adversary.masked_seen:
+        doc = masked_id_.split("\x00")[0]
+        assert masked_id_ == masked_id(doc, text)
+        assert query not in text and query.split()[0] in text  # the sentence cut out, its document's topic left
+        assert len(text.split()) == 8  # two of the three four-word sentences
+
+
+def test_ict_fit_refuses_what_it_cannot_fit(tmp_path):
+    from retrieval_kd.data import load_collection
+
+    folder = tmp_path / "one-sentence"
+    write_jsonl(folder / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": "fish pond water grow goldfish"}
+                                          for i in range(3)])
+    write_jsonl(folder / "queries.jsonl", [{"_id": "q0", "text": "fish"}])
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    collection = load_collection(str(folder))
+    with pytest.raises(ConfigError, match="0 documents of more than one sentence"):
+        fit_weights_ict(collection, [BM25Teacher(), Adversary()], sources=("bm25",))
+    with pytest.raises(ConfigError, match="at least 2 members"):
+        fit_weights_ict(collection, [BM25Teacher()], sources=("bm25",))
+
+
+def test_bi_encoder_scores_a_passage_the_corpus_lacks_from_its_text(tiny_beir, tiny_st_folder):
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.teachers import BiEncoderTeacher
+
+    collection = load_collection(str(tiny_beir))
+    teacher = BiEncoderTeacher(str(tiny_st_folder), max_seq_length=32)
+    teacher.prepare(collection)  # corpus embeddings from the cache
+    outside = "goldfish grow in big ponds"
+    scores = teacher.score("goldfish pond", ["d1", "d1\x00ict-0", "d4"], ["(ignored: cached)", outside, "(ignored)"])
+    st = SentenceTransformer(str(tiny_st_folder))
+    st.max_seq_length = 32
+    q = st.encode(["goldfish pond"], normalize_embeddings=True)[0]
+    d = st.encode(collection.corpus.texts(["d1", "d4"]) + [outside], normalize_embeddings=True)
+    assert np.allclose(scores, [d[0] @ q, d[2] @ q, d[1] @ q], atol=1e-5)
+
+
+def test_pipeline_fits_ict_weights_without_labels(label_free, tmp_path):  # noqa: F811
+    """``teachers.fit_on: ict`` on a folder without a training split: the weights reach the stored ensemble, the
+    summary says on what they were fitted, and the fit is part of the teach fingerprint."""
+    from retrieval_kd.pipeline import Pipeline, load_pipeline_config
+    from retrieval_kd.teachers import ScoreStore, combine_runs
+
+    values = yaml.safe_load(label_free.read_text())
+    teachers = {**values["teachers"], "fit_weights": True, "fit_on": "ict", "fit_queries": 10, "fit_step": 0.25}
+    config = _load_with(label_free, tmp_path, teachers=teachers)
+    Pipeline(config).run(until="teach")
+    teach = json.loads((config.work_dir / "stages" / "teach.json").read_text())["summary"]
+    assert teach["fitted_on"].startswith("testonly: 10 sentences cut out of their documents (ICT")
+    assert sum(teach["weights"]) == pytest.approx(1.0) and len(teach["weights"]) == 2
+    with ScoreStore(config.work_dir / "scores") as store:
+        made = list(store.done_queries(teach["ensemble"]))
+        runs = [store.get(fp, qids=made) for fp in teach["fingerprints"]]
+        ensemble = store.get(teach["ensemble"], qids=made)
+    expected = combine_runs(runs, teach["weights"], "minmax")
+    assert ensemble[made[0]] == pytest.approx(expected[made[0]])
+    equal = Pipeline(load_pipeline_config(label_free))
+    fitted = Pipeline(config)
+    assert fitted.fingerprint("teach") != equal.fingerprint("teach")
+    assert fitted.stage("teach").params["teachers"]["fit_queries"] == 10
+    fewer = Pipeline(_load_with(label_free, tmp_path, teachers={**teachers, "fit_queries": 5}))
+    assert fewer.fingerprint("teach") != fitted.fingerprint("teach")
+    with pytest.raises(ValueError, match="teachers.fit_queries must be a number >= 2, got 1"):
+        _load_with(label_free, tmp_path, teachers={**teachers, "fit_queries": 1})
