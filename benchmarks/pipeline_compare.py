@@ -1,0 +1,89 @@
+"""Finished runs of one pipeline config on the same collection, compared: nDCG@10 and paired t-tests.
+
+Usage (after `rkd pipeline CONFIG --dataset FOLDER` twice, the second with a changed setting; or one run alone):
+  python benchmarks/pipeline_compare.py experiments/label-free-cisi-equal experiments/label-free-cisi-5c4f51 \
+      --labels equal ict --output benchmarks/results/label_free.ict-pipeline.json
+  python benchmarks/pipeline_compare.py experiments/label-free-cranfield-d81055 --labels ict
+
+Reads each experiment's run files of its (single) eval set: ``bm25``, ``dense-initial`` (the start, the same in
+both when nothing before training changed its settings), ``dense-flat`` (the student), ``ensemble`` (the
+teacher reranking BM25's top-k) and ``sparse-inference-free``; evaluates them with ranx on the eval split and
+gives two-sided paired t-tests over the per-query nDCG@10: each student against its start and against BM25, and
+the second experiment's student and teacher against the first's. No training, no choice. Writes (merged, one
+entry per collection) the ``--output`` JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ("bm25", "dense-initial", "dense-flat", "ensemble", "sparse-inference-free")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", type=Path, help="the first (baseline) experiment folder")
+    p.add_argument("b", type=Path, nargs="?", help="the second experiment folder (none: the first alone)")
+    p.add_argument("--labels", nargs="+", default=["a", "b"], help="a name for each experiment")
+    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_compare.json")
+    args = p.parse_args()
+
+    from scipy.stats import ttest_rel
+
+    from retrieval_kd.data import load_collection, read_run
+    from retrieval_kd.data.formats import atomic_write
+    from retrieval_kd.eval import evaluate
+    from retrieval_kd.utils.hardware import hardware_info
+
+    experiments = [e for e in (args.a, args.b) if e is not None]
+    labels = args.labels[: len(experiments)]
+    if len(set(labels)) != len(experiments):
+        raise SystemExit(f"pipeline_compare: give one distinct --labels name per experiment, got {args.labels}")
+    evals = [json.loads((e / "config.json").read_text())["eval"] for e in experiments]
+    if len(evals[0]) != 1 or any(e != evals[0] for e in evals):
+        raise SystemExit(f"pipeline_compare: the two experiments need the same single eval set, got {evals}")
+    ev = evals[0][0]
+    collection = load_collection(ev["dataset"])
+    qrels = collection.qrels(ev["split"])
+    level = collection.conventions.relevance_level
+    name = ev.get("name") or f"{Path(ev['dataset']).name}-{ev['split']}"
+
+    scores, per_query = {}, {}
+    for label, exp in zip(labels, experiments):
+        for run in RUNS:
+            path = exp / "runs" / name / f"{run}.run"
+            if not path.is_file():
+                continue
+            result = evaluate(qrels, read_run(path), ["ndcg@10", "recall@100"], level)
+            scores[f"{label}.{run}"] = {m: round(v, 4) for m, v in result.scores.items()}
+            per_query[f"{label}.{run}"] = result.per_query["ndcg@10"]
+
+    def paired(x: str, y: str) -> dict:
+        qids = sorted(set(per_query[x]) | set(per_query[y]))
+        a = [per_query[x].get(q, 0.0) for q in qids]
+        b = [per_query[y].get(q, 0.0) for q in qids]
+        return {"diff": round((sum(a) - sum(b)) / len(qids), 4), "p": round(float(ttest_rel(a, b).pvalue), 4)}
+
+    tests = {}
+    for label in labels:
+        tests[f"{label}.dense-flat vs {label}.dense-initial"] = paired(f"{label}.dense-flat", f"{label}.dense-initial")
+        tests[f"{label}.dense-flat vs {label}.bm25"] = paired(f"{label}.dense-flat", f"{label}.bm25")
+    if len(labels) == 2:
+        first, second = labels
+        for run in ("dense-flat", "ensemble", "sparse-inference-free"):
+            if f"{first}.{run}" in per_query and f"{second}.{run}" in per_query:
+                tests[f"{second}.{run} vs {first}.{run}"] = paired(f"{second}.{run}", f"{first}.{run}")
+    entry = {"experiments": {lab: str(e) for lab, e in zip(labels, experiments)}, "eval": ev, "queries": len(qrels),
+             "ndcg@10_recall@100": scores, "paired_t_ndcg@10": tests, "hardware": hardware_info()}
+    print(json.dumps({"collection": name, "scores": scores, "tests": tests}, indent=1))
+    results = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    results[name] = entry
+    with atomic_write(args.output) as fh:
+        json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
