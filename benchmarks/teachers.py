@@ -34,8 +34,14 @@ from retrieval_kd.data import load_collection
 from retrieval_kd.data.formats import atomic_write
 from retrieval_kd.eval import evaluate, to_markdown
 from retrieval_kd.pipeline.config import collection_name
-from retrieval_kd.teachers import EnsembleTeacher, ScoreStore, fit_weights, mine_candidates, parse_teacher
-from retrieval_kd.teachers.ict_weights import fit_weights_ict
+from retrieval_kd.teachers import (
+    EnsembleTeacher,
+    ScoreStore,
+    fit_weights,
+    fit_weights_ict,
+    mine_candidates,
+    parse_teacher,
+)
 from retrieval_kd.teachers.runner import score_candidates
 from retrieval_kd.utils.hardware import hardware_info
 

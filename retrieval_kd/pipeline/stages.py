@@ -285,7 +285,7 @@ def teach(ctx: Context) -> dict:
     for the report's teacher rows."""
     from retrieval_kd.data import read_run, write_run
     from retrieval_kd.queries.pseudo_qrels import pseudo_qrels
-    from retrieval_kd.teachers import EnsembleTeacher, ScoreStore, fit_weights, score_candidates
+    from retrieval_kd.teachers import EnsembleTeacher, ScoreStore, fit_weights, fit_weights_ict, score_candidates
 
     cfg, tc = ctx.config, ctx.config.teachers
     train = ctx.collection(cfg.dataset)
@@ -302,8 +302,6 @@ def teach(ctx: Context) -> dict:
         score_candidates(m, train, cands, store, queries=texts)
     weights, fitted_value, fitted_on = tc.weights, None, None
     if fits_weights(cfg) and tc.fit_on == "ict":  # label-free: sentences cut out of the corpus's documents
-        from retrieval_kd.teachers.ict_weights import fit_weights_ict
-
         fit = fit_weights_ict(train, members, tc.fit_queries, seed=cfg.queries.seed, top_k=cfg.candidates.top_k,
                               sources=tuple(cfg.candidates.sources), normalization=tc.normalization,
                               step=tc.fit_step, encoding=ctx.encoding("dense"))

@@ -12,6 +12,7 @@ from retrieval_kd.teachers.bm25 import BM25Teacher
 from retrieval_kd.teachers.candidates import mine_candidates
 from retrieval_kd.teachers.cross_encoder import CrossEncoderTeacher
 from retrieval_kd.teachers.ensemble import EnsembleTeacher, combine_runs, fit_weights, normalize_scores
+from retrieval_kd.teachers.ict_weights import fit_weights_ict
 from retrieval_kd.teachers.llm_reranker import LLMRerankerTeacher
 from retrieval_kd.teachers.runner import score_candidates
 from retrieval_kd.teachers.spec import parse_teacher
@@ -29,6 +30,7 @@ __all__ = [
     "Teacher",
     "combine_runs",
     "fit_weights",
+    "fit_weights_ict",
     "mine_candidates",
     "normalize_scores",
     "parse_teacher",
