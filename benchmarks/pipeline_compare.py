@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,17 +66,13 @@ def main() -> None:
         qids = sorted(set(per_query[x]) | set(per_query[y]))
         a = [per_query[x].get(q, 0.0) for q in qids]
         b = [per_query[y].get(q, 0.0) for q in qids]
-        return {"diff": round((sum(a) - sum(b)) / len(qids), 4), "p": round(float(ttest_rel(a, b).pvalue), 4)}
+        p_value = float(ttest_rel(a, b).pvalue)  # NaN when the two are equal on every query
+        return {"diff": round((sum(a) - sum(b)) / len(qids), 4), "p": None if math.isnan(p_value) else round(p_value, 4)}
 
-    tests = {}
-    for label in labels:
-        tests[f"{label}.dense-flat vs {label}.dense-initial"] = paired(f"{label}.dense-flat", f"{label}.dense-initial")
-        tests[f"{label}.dense-flat vs {label}.bm25"] = paired(f"{label}.dense-flat", f"{label}.bm25")
+    pairs = [(f"{lab}.dense-flat", f"{lab}.{base}") for lab in labels for base in ("dense-initial", "bm25")]
     if len(labels) == 2:
-        first, second = labels
-        for run in ("dense-flat", "ensemble", "sparse-inference-free"):
-            if f"{first}.{run}" in per_query and f"{second}.{run}" in per_query:
-                tests[f"{second}.{run} vs {first}.{run}"] = paired(f"{second}.{run}", f"{first}.{run}")
+        pairs += [(f"{labels[1]}.{run}", f"{labels[0]}.{run}") for run in ("dense-flat", "ensemble", "sparse-inference-free")]
+    tests = {f"{x} vs {y}": paired(x, y) for x, y in pairs if x in per_query and y in per_query}  # runs it has
     entry = {"experiments": {lab: str(e) for lab, e in zip(labels, experiments)}, "eval": ev, "queries": len(qrels),
              "ndcg@10_recall@100": scores, "paired_t_ndcg@10": tests, "hardware": hardware_info()}
     print(json.dumps({"collection": name, "scores": scores, "tests": tests}, indent=1))

@@ -92,6 +92,15 @@ def test_ict_fit_refuses_what_it_cannot_fit(tmp_path):
         fit_weights_ict(collection, [BM25Teacher(), Adversary()], sources=("bm25",))
     with pytest.raises(ConfigError, match="at least 2 members"):
         fit_weights_ict(collection, [BM25Teacher()], sources=("bm25",))
+    # sentences that share no word with anything: no pool holds more than its source, nothing to fit on
+    lonely = tmp_path / "lonely"
+    write_jsonl(lonely / "corpus.jsonl", [{"_id": f"d{i}", "title": "",
+                                           "text": f"a{i}x b{i}x c{i}x d{i}x. e{i}x f{i}x g{i}x h{i}x."} for i in range(4)])
+    write_jsonl(lonely / "queries.jsonl", [{"_id": "q0", "text": "a0x"}])
+    (lonely / "qrels").mkdir()
+    (lonely / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    with pytest.raises(ConfigError, match="no ICT query's pool holds a document besides its source"):
+        fit_weights_ict(load_collection(str(lonely)), [BM25Teacher(), Adversary()], sources=("bm25",))
 
 
 def test_bi_encoder_scores_a_passage_the_corpus_lacks_from_its_text(tiny_beir, tiny_st_folder):
@@ -124,7 +133,14 @@ def test_pipeline_fits_ict_weights_without_labels(label_free, tmp_path):  # noqa
     Pipeline(config).run(until="teach")
     teach = json.loads((config.work_dir / "stages" / "teach.json").read_text())["summary"]
     assert teach["fitted_on"].startswith("testonly: 10 sentences cut out of their documents (ICT")
-    assert sum(teach["weights"]) == pytest.approx(1.0) and len(teach["weights"]) == 2
+    # the stored weights are the fit's own: the same call made here gives them
+    from retrieval_kd.data import load_collection
+    from retrieval_kd.pipeline.stages import teacher_member
+
+    members = [teacher_member(spec, config.teachers.encoding) for spec in config.teachers.members]
+    direct = fit_weights_ict(load_collection(config.dataset), members, 10, seed=config.queries.seed,
+                             top_k=config.candidates.top_k, sources=tuple(config.candidates.sources), step=0.25)
+    assert teach["weights"] == pytest.approx(direct.weights) and teach["fitted_ndcg@10"] == pytest.approx(direct.ndcg)
     with ScoreStore(config.work_dir / "scores") as store:
         made = list(store.done_queries(teach["ensemble"]))
         runs = [store.get(fp, qids=made) for fp in teach["fingerprints"]]
@@ -134,6 +150,8 @@ def test_pipeline_fits_ict_weights_without_labels(label_free, tmp_path):  # noqa
     equal = Pipeline(load_pipeline_config(label_free))
     fitted = Pipeline(config)
     assert fitted.fingerprint("teach") != equal.fingerprint("teach")
+    on_sources = Pipeline(_load_with(label_free, tmp_path, teachers={**teachers, "fit_on": "sources"}))
+    assert fitted.fingerprint("teach") != on_sources.fingerprint("teach")  # what it is fitted on counts
     assert fitted.stage("teach").params["teachers"]["fit_queries"] == 10
     fewer = Pipeline(_load_with(label_free, tmp_path, teachers={**teachers, "fit_queries": 5}))
     assert fewer.fingerprint("teach") != fitted.fingerprint("teach")

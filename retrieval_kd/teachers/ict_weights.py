@@ -14,6 +14,11 @@ document), and :func:`~retrieval_kd.teachers.ensemble.fit_weights` searches the 
 source's nDCG@10. The pool and the filters follow the pipeline's label-free queries; no query or judgement of the
 collection is read.
 
+Known limits: BM25 members score every pool on the corpus with *all* sampled sources masked, the other members see
+the sampled sources of other queries unmasked (a small inconsistency, about 1 in 5 pool documents on a corpus of
+1,400 with 300 queries); and the whole corpus is sentence-split and indexed by BM25 in memory for the fit, which
+suits collections of up to some hundred thousand documents, not MS MARCO's 8.8M (use labels or fixed weights there).
+
 Measured (README, "Ensemble weights from the inverse cloze task"): on Cranfield, TREC DL 2019, CISI and SciFact
 the weights it fits beat equal weights as rerankers of BM25's top-100 on every one.
 
@@ -119,6 +124,14 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
     for qid, src in source_of.items():
         others = [d for run in found for d in run.get(qid, {}) if d != src]
         pools[qid] = [src, *dict.fromkeys(others)]
+    alone = sum(len(pool) < 2 for pool in pools.values())
+    if alone == len(pools):
+        raise ConfigError(f"{collection.name}: no ICT query's pool holds a document besides its source (candidate "
+                          f"sources {list(sources)}, top {top_k}); every member would rank it first, so there is "
+                          "nothing to fit the weights on")
+    if alone > len(pools) // 2:
+        logger.warning("ICT weight fit: %d of %d queries have no document besides their source in their pool; they "
+                       "tell the members apart not at all", alone, len(pools))
     qrels = {qid: {src: 1} for qid, src in source_of.items()}
     runs = []
     for member in members:
