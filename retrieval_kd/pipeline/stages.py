@@ -300,7 +300,7 @@ def teach(ctx: Context) -> dict:
     members = _members(ctx, cfg.dataset)
     for m in members:
         score_candidates(m, train, cands, store, queries=texts)
-    weights, fitted_value, fitted_on = tc.weights, None, None
+    weights, fitted_value, fitted_on, qrels = tc.weights, None, None, None
     if fits_weights(cfg) and tc.fit_on == "ict":  # label-free: sentences cut out of the corpus's documents
         fit = fit_weights_ict(train, members, tc.fit_queries, seed=cfg.queries.seed, top_k=cfg.candidates.top_k,
                               sources=tuple(cfg.candidates.sources), normalization=tc.normalization,
@@ -313,7 +313,7 @@ def teach(ctx: Context) -> dict:
         fitted_on = f"{collection_name(cfg.dataset)}: the sources of {len(qrels)} made-up queries"
     elif fits_weights(cfg) and labeled:
         qrels, fitted_on = train.qrels(cfg.train_split), f"{cfg.dataset}/{cfg.train_split}"
-    if fitted_on is not None and tc.fit_on != "ict":
+    if qrels is not None:  # fitted on (pseudo-)judged training queries' stored scores
         with ScoreStore(store) as s:  # the fitting queries' candidates only (the store may hold others)
             runs = [s.get(m.fingerprint, qids=[q for q in cands if q in qrels]) for m in members]
         weights, fitted_value = fit_weights(runs, qrels, tc.normalization, step=tc.fit_step)

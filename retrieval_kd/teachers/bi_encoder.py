@@ -94,9 +94,10 @@ class BiEncoderTeacher(Teacher):
             return self._encode_new(doc_ids, doc_texts)
         if not doc_ids:
             return self._corpus_emb[:0]
-        inside = self._corpus.has(doc_ids)
-        if inside.all():
+        try:  # the usual case, one lookup: every passage is the corpus's
             return np.asarray(self._corpus_emb[self._corpus.rows(doc_ids)])
+        except KeyError:
+            inside = self._corpus.has(doc_ids)
         out = np.empty((len(doc_ids), self._corpus_emb.shape[1]), dtype=np.float32)
         out[inside] = self._corpus_emb[self._corpus.rows([d for d, i in zip(doc_ids, inside) if i])]
         out[~inside] = self._encode_new([d for d, i in zip(doc_ids, inside) if not i],

@@ -61,8 +61,9 @@ class IctFit:
     members_ndcg: list[float] = field(default_factory=list)
 
 
-def _masked_sources(collection, queries: int, seed: int) -> tuple[dict[str, str], dict[str, str], dict[str, dict]]:
-    """``(query texts, query -> source id, source id -> masked document)`` of a seeded sample of sentence crops."""
+def _masked_sources(collection, queries: int, seed: int) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """``(query texts, query -> source id, source id -> its text without the query)`` of a seeded sample of sentence
+    crops (the masked text as :meth:`QuerySet.positive_texts` gives ICT's positives: title kept)."""
     from retrieval_kd.queries.crop import crop_queries
     from retrieval_kd.queries.filters import QueryFilters
 
@@ -74,19 +75,9 @@ def _masked_sources(collection, queries: int, seed: int) -> tuple[dict[str, str]
                           "4-64 words; fitting weights on the inverse cloze task needs at least 2")
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(eligible, size=min(queries, len(eligible)), replace=False).tolist())
-    texts, sources, masked = {}, {}, {}
-    for qid in picked:
-        doc_id = made.sources[qid]
-        doc = collection.corpus[doc_id]
-        start, end = made.removed[qid]
-        masked[doc_id] = {"_id": doc_id, "title": doc["title"], "text": (doc["text"][:start] + " " +
-                                                                         doc["text"][end:]).strip()}
-        texts[qid], sources[qid] = made.queries[qid], doc_id
-    return texts, sources, masked
-
-
-def _text(doc: dict) -> str:
-    return f"{doc['title']} {doc['text']}".strip() if doc.get("title") else doc["text"]
+    rest = made.subset(picked).positive_texts(collection.corpus)
+    return ({q: made.queries[q] for q in picked}, {q: made.sources[q] for q in picked},
+            {made.sources[q]: rest[q] for q in picked})
 
 
 def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int = 0, top_k: int = 30,
@@ -106,7 +97,8 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
     if len(members) < 2:
         raise ConfigError(f"fitting ensemble weights needs at least 2 members, got {len(members)}")
     texts, source_of, masked = _masked_sources(collection, queries, seed)
-    corpus = [masked.get(d["_id"], d) for d in collection.corpus]
+    corpus = [{"_id": d["_id"], "title": "", "text": masked[d["_id"]]} if d["_id"] in masked else d
+              for d in collection.corpus]
     indexes: dict[tuple[float, float], BM25Index] = {}
 
     def bm25(k1: float = 0.9, b: float = 0.4) -> BM25Index:  # the masked corpus, once per (k1, b)
@@ -142,7 +134,7 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
         member.prepare(collection)
         items = []
         for qid, pool in pools.items():
-            text = _text(masked[source_of[qid]])
+            text = masked[source_of[qid]]
             ids = [masked_id(source_of[qid], text), *pool[1:]]
             docs = [text, *collection.corpus.texts(pool[1:])]
             items.append((texts[qid], ids, docs))
