@@ -68,6 +68,11 @@ def test_ict_fit_masks_the_sentence_and_weights_the_member_that_finds_the_rest(t
     # min-max: the source scores w (BM25's 1, the adversary's 0), the others 1 - w (BM25 scores them alike, on
     # `fish`): first for w > 0.5, tied at 0.5 (which ranx may order either way), last below
     assert fit.weights[0] >= 0.5 and sum(fit.weights) == pytest.approx(1.0) and fit.ndcg == pytest.approx(1.0)
+    # the ensemble against each member, per query: BM25's 1.0 everywhere, the adversary's 1 / log2(6) everywhere
+    assert np.mean(fit.per_query["ensemble"]) == pytest.approx(fit.ndcg) and len(fit.per_query[1]) == 8
+    assert fit.gain_over(0) == (pytest.approx(0.0), 1.0)  # the same on every query: nothing gained, p 1
+    gain, p = fit.gain_over(1)
+    assert gain == pytest.approx(1 - 1 / np.log2(6)) and p == 0.0  # the same gain on every query
     swapped = fit_weights_ict(collection, [Adversary(), bm25], queries=8, seed=0, top_k=5, sources=("bm25",))
     assert swapped.weights[1] >= 0.5 and swapped.members_ndcg == pytest.approx(fit.members_ndcg[::-1])
     assert len(adversary.masked_seen) == 8 and len({d for _, d, _ in adversary.masked_seen}) == 8
@@ -121,7 +126,7 @@ def test_bi_encoder_scores_a_passage_the_corpus_lacks_from_its_text(tiny_beir, t
     assert np.allclose(scores, [d[0] @ q, d[2] @ q, d[1] @ q], atol=1e-5)
 
 
-def test_pipeline_fits_ict_weights_without_labels(label_free, tmp_path):  # noqa: F811
+def test_pipeline_fits_ict_weights_without_labels(label_free, tmp_path, caplog):  # noqa: F811
     """``teachers.fit_on: ict`` on a folder without a training split: the weights reach the stored ensemble, the
     summary says on what they were fitted, and the fit is part of the teach fingerprint."""
     from retrieval_kd.pipeline import Pipeline, load_pipeline_config
@@ -135,12 +140,44 @@ def test_pipeline_fits_ict_weights_without_labels(label_free, tmp_path):  # noqa
     assert teach["fitted_on"].startswith("testonly: 10 sentences cut out of their documents (ICT")
     # the stored weights are the fit's own: the same call made here gives them
     from retrieval_kd.data import load_collection
+    from retrieval_kd.pipeline.config import student_config
     from retrieval_kd.pipeline.stages import teacher_member
 
     members = [teacher_member(spec, config.teachers.encoding) for spec in config.teachers.members]
     direct = fit_weights_ict(load_collection(config.dataset), members, 10, seed=config.queries.seed,
                              top_k=config.candidates.top_k, sources=tuple(config.candidates.sources), step=0.25)
     assert teach["weights"] == pytest.approx(direct.weights) and teach["fitted_ndcg@10"] == pytest.approx(direct.ndcg)
+    # the bi-encoder member is the dense student's start: the fit compares the teacher with it, query by query
+    gain, p = direct.gain_over(1)
+    check = teach["teacher_vs_start"]
+    assert check["start"] == student_config(config, "dense").model == members[1].model_name
+    assert (check["gain"], check["p"]) == (pytest.approx(gain, abs=1e-4), pytest.approx(p, abs=1e-4))
+    assert check["start_ndcg@10"] == pytest.approx(direct.members_ndcg[1], abs=1e-4)
+    assert check["clear"] == (gain > 0 and p < 0.05)
+    # a teacher no better than the start on these queries: flagged, in the log and the summary
+    from retrieval_kd.pipeline.stages import _teacher_vs_start
+    from retrieval_kd.teachers.ict_weights import IctFit
+
+    tie = IctFit([0.5, 0.5], 0.6, 3, [0.5, 0.6], {0: [0.5, 0.5, 0.5], 1: [1.0, 0.3, 0.5], "ensemble": [0.9, 0.4, 0.5]})
+    with caplog.at_level("WARNING", logger="retrieval_kd.pipeline.stages"):
+        flagged = _teacher_vs_start(config, members, tie)
+    assert flagged["gain"] == 0.0 and flagged["p"] == pytest.approx(1.0) and not flagged["clear"]
+    assert "not clearly better than the dense student's start" in caplog.text
+    assert _teacher_vs_start(config, members[:1], tie) is None  # the start is no member: nothing to compare with
+    # a paired t-test by hand: differences .4 .2 .3, mean .3, sd .1, t = .3 / (.1 / sqrt 3), 2 degrees of freedom,
+    # whose two-sided p is 1 - t / sqrt(2 + t^2)
+    known = IctFit([1.0, 0.0], 0.8, 3, [0.8, 0.5], {0: [0.9, 0.8, 0.7], 1: [0.5, 0.6, 0.4], "ensemble": [0.9, 0.8, 0.7]})
+    t = 0.3 / (0.1 / np.sqrt(3))
+    assert known.gain_over(1) == (pytest.approx(0.3), pytest.approx(1 - t / np.sqrt(2 + t * t)))
+    from retrieval_kd.pipeline.report import write_report
+
+    report = write_report(config.work_dir, config).read_text()
+    line = (f"- teacher against the dense student's start ({check['start']}) on those 10 ICT queries: nDCG@10 "
+            f"{check['teacher_ndcg@10']:.4f} against {check['start_ndcg@10']:.4f}")
+    assert line in report
+    # the student's start changed since the teach stage ran (its fingerprint does not hold it): no stale line
+    moved = load_pipeline_config(config.source, {"students.dense.set": {"model": str(tmp_path / "other")}})
+    assert "teacher against the dense student's start" not in write_report(config.work_dir, moved).read_text()
     with ScoreStore(config.work_dir / "scores") as store:
         made = list(store.done_queries(teach["ensemble"]))
         runs = [store.get(fp, qids=made) for fp in teach["fingerprints"]]
@@ -157,3 +194,12 @@ def test_pipeline_fits_ict_weights_without_labels(label_free, tmp_path):  # noqa
     assert fewer.fingerprint("teach") != fitted.fingerprint("teach")
     with pytest.raises(ValueError, match="teachers.fit_queries must be a number >= 2, got 1"):
         _load_with(label_free, tmp_path, teachers={**teachers, "fit_queries": 1})
+
+
+def test_same_model_compares_ids_and_folders(tmp_path):
+    from retrieval_kd.models.resolve import same_model
+
+    (tmp_path / "m").mkdir()
+    assert same_model("org/model", "org/model") and not same_model("org/model", "org/other")
+    assert same_model(tmp_path / "m", f"{tmp_path}/./m/") and not same_model(tmp_path / "m", tmp_path)
+    assert not same_model("org/model", tmp_path / "m")

@@ -30,7 +30,7 @@ from retrieval_kd.models.offline_pack import OFFLINE_MODELS, hub_cache_dir, snap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["embedding_dimension", "hf_offline", "model_folder", "offline_when_unreachable", "resolve_model"]
+__all__ = ["embedding_dimension", "hf_offline", "model_folder", "offline_when_unreachable", "resolve_model", "same_model"]
 
 # A hub id: ``NAME`` or ``ORG/NAME`` of letters, digits, ``_ . -`` (huggingface_hub's rule, without ``--`` / ``..``).
 _HUB_ID = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
@@ -221,3 +221,11 @@ def embedding_dimension(ref: str | os.PathLike) -> int | None:
             if isinstance(cfg.get(key), int):
                 return cfg[key]
     return dim
+
+
+def same_model(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two model references name the same model: equal ids, or folders that resolve to one path."""
+    if str(a) == str(b):
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()

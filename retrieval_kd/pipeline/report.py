@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from retrieval_kd.pipeline.config import PipelineConfig
+from retrieval_kd.pipeline.config import PipelineConfig, student_config
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +279,16 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
                          f"normalisation {config.teachers.normalization}")
         elif not weights and len(teach.get("members", [])) > 1:
             lines.append(f"- equal weights (none fitted: no labels used); normalisation {config.teachers.normalization}")
+        from retrieval_kd.models.resolve import same_model
+
+        check = teach.get("teacher_vs_start")
+        start = student_config(config, "dense").model if config.students.dense is not None else None
+        if check and same_model(check["start"], start or ""):  # else stale: the student's start changed since
+            verdict = ("clearly better" if check["clear"] else
+                       "**not clearly better: distilling from it may lower the student** (README, TREC DL 2019)")
+            lines.append(f"- teacher against the dense student's start ({check['start']}) on those {check['queries']} "
+                         f"ICT queries: nDCG@10 {check['teacher_ndcg@10']:.4f} against {check['start_ndcg@10']:.4f} "
+                         f"({check['gain']:+.4f}, paired p {check['p']:.3g}): {verdict}")
         if (markers.get("teach") or {}).get("encoding"):
             used = markers["teach"]["encoding"]
             lines.append(f"- encoded with `teachers.encoding: {used['setting']}`: {encoding_line(used)}")

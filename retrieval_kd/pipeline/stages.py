@@ -279,6 +279,29 @@ def _members(ctx: Context, dataset: str) -> list:
     return ctx.teachers[dataset]
 
 
+def _teacher_vs_start(cfg, members, fit) -> dict | None:
+    """The ICT fit's paired comparison of the fitted ensemble with the member that is the dense student's starting
+    model (None when no member is): a label-free warning that distillation may lower the student."""
+    if cfg.students.dense is None:
+        return None
+    from retrieval_kd.models.resolve import same_model
+
+    start = student_config(cfg, "dense").model
+    at = next((i for i, m in enumerate(members) if m.kind == "bi-encoder" and same_model(m.model_name, start)), None)
+    if at is None:
+        logger.info("no teacher member is the dense student's start %s: the teacher is not compared with it", start)
+        return None
+    gain, p = fit.gain_over(at)
+    check = {"start": start, "teacher_ndcg@10": round(fit.ndcg, 4), "start_ndcg@10": round(fit.members_ndcg[at], 4),
+             "gain": round(gain, 4), "p": p, "queries": fit.queries, "clear": gain > 0 and p < 0.05}
+    if not check["clear"]:
+        logger.warning("the teacher is not clearly better than the dense student's start %s on the ICT queries "
+                       "(nDCG@10 %.4f against %.4f, paired p %.3f): distilling from it may lower the student (on TREC "
+                       "DL 2019, where the start was trained, it did; README)", start, fit.ndcg,
+                       fit.members_ndcg[at], p)
+    return check
+
+
 def teach(ctx: Context) -> dict:
     """Every member scores the training candidates; the ensemble's weights are fitted on the training split (never
     an eval split) and its scores stored. Then each teacher reranks BM25's top-``rerank_depth`` of every eval set,
@@ -300,7 +323,7 @@ def teach(ctx: Context) -> dict:
     members = _members(ctx, cfg.dataset)
     for m in members:
         score_candidates(m, train, cands, store, queries=texts)
-    weights, fitted_value, fitted_on, qrels = tc.weights, None, None, None
+    weights, fitted_value, fitted_on, qrels, check = tc.weights, None, None, None, None
     if fits_weights(cfg) and tc.fit_on == "ict":  # label-free: sentences cut out of the corpus's documents
         fit = fit_weights_ict(train, members, tc.fit_queries, seed=cfg.queries.seed, top_k=cfg.candidates.top_k,
                               sources=tuple(cfg.candidates.sources), normalization=tc.normalization,
@@ -308,6 +331,7 @@ def teach(ctx: Context) -> dict:
         weights, fitted_value = [round(w, 6) for w in fit.weights], fit.ndcg
         fitted_on = (f"{collection_name(cfg.dataset)}: {fit.queries} sentences cut out of their documents (ICT; "
                      f"members' nDCG@10 there {[round(v, 4) for v in fit.members_ndcg]})")
+        check = _teacher_vs_start(cfg, members, fit)
     elif fits_weights(cfg) and tc.fit_on == "sources":  # label-free: each made-up query's source is its positive
         qrels = pseudo_qrels(cands, made.sources, positive="source")
         fitted_on = f"{collection_name(cfg.dataset)}: the sources of {len(qrels)} made-up queries"
@@ -324,7 +348,7 @@ def teach(ctx: Context) -> dict:
     summary = {"members": [m.name for m in members], "fingerprints": [m.fingerprint for m in members],
                "ensemble": ensemble.fingerprint, "weights": weights,
                "fitted_on": fitted_on,
-               "fitted_ndcg@10": fitted_value, "rerank": {}}
+               "fitted_ndcg@10": fitted_value, "teacher_vs_start": check, "rerank": {}}
     for ev in cfg.eval:
         coll = ctx.collection(ev.dataset)
         bm25 = read_run(ctx.runs_dir(ev.name) / "bm25.run")

@@ -53,12 +53,31 @@ def masked_id(doc_id: str, text: str) -> str:
 
 @dataclass
 class IctFit:
-    """The fitted weights (one per member), the masked sources' nDCG@10 they reach, and how many queries."""
+    """The fitted weights (one per member), the masked sources' nDCG@10 they reach, and how many queries;
+    ``per_query``: each query's nDCG@10 for the fitted ensemble (``"ensemble"``) and for each member (its index),
+    in one query order."""
 
     weights: list[float]
     ndcg: float
     queries: int
     members_ndcg: list[float] = field(default_factory=list)
+    per_query: dict[str | int, list[float]] = field(default_factory=dict)
+
+    def gain_over(self, member: int) -> tuple[float, float]:
+        """How much the fitted ensemble beats member ``member`` on these ICT queries: the mean nDCG@10 difference
+        and a paired t-test's two-sided p (where the difference is the same on every query: 1.0 if it is 0, else 0.0).
+
+        The pipeline asks this of the member that is also the dense student's starting model: distilling from a
+        teacher that is no better than the start on the collection moved the student *down* (TREC DL 2019, README).
+        """
+        from scipy.stats import ttest_rel
+
+        ours, theirs = np.asarray(self.per_query["ensemble"]), np.asarray(self.per_query[member])
+        diff = ours - theirs
+        gain = float(np.mean(diff))
+        if np.ptp(diff) < 1e-9:  # no spread: the t statistic is undefined (0 / 0) or infinite
+            return gain, 1.0 if abs(gain) < 1e-9 else 0.0
+        return gain, float(ttest_rel(ours, theirs).pvalue)
 
 
 def _masked_sources(collection, queries: int, seed: int) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -92,7 +111,7 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
     from retrieval_kd.eval import evaluate
     from retrieval_kd.search.bm25 import BM25Index, BM25Params
     from retrieval_kd.teachers.candidates import mine_dense
-    from retrieval_kd.teachers.ensemble import fit_weights
+    from retrieval_kd.teachers.ensemble import combine_runs, fit_weights
 
     if len(members) < 2:
         raise ConfigError(f"fitting ensemble weights needs at least 2 members, got {len(members)}")
@@ -140,8 +159,13 @@ def fit_weights_ict(collection, members: Sequence, queries: int = 300, seed: int
             items.append((texts[qid], ids, docs))
         scores = [s for i in range(0, len(items), 16) for s in member.score_batch(items[i:i + 16])]
         runs.append({q: dict(zip(pool, map(float, s))) for (q, pool), s in zip(pools.items(), scores)})
-    members_ndcg = [float(evaluate(qrels, r, ["ndcg@10"]).scores["ndcg@10"]) for r in runs]
     weights, value = fit_weights(runs, qrels, normalization, step=step)
+    order = sorted(qrels)
+    per_query = {}
+    for key, run in [*enumerate(runs), ("ensemble", combine_runs(runs, weights, normalization))]:
+        values = evaluate(qrels, run, ["ndcg@10"]).per_query["ndcg@10"]
+        per_query[key] = [values.get(q, 0.0) for q in order]
+    members_ndcg = [float(np.mean(per_query[i])) for i in range(len(runs))]
     logger.info("ensemble weights fitted on %d ICT queries (sentence removed from its source): %s (nDCG@10 %.4f; "
                 "members %s)", len(qrels), weights, value, [round(v, 4) for v in members_ndcg])
-    return IctFit([float(w) for w in weights], float(value), len(qrels), members_ndcg)
+    return IctFit([float(w) for w in weights], float(value), len(qrels), members_ndcg, per_query)
