@@ -283,7 +283,7 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
 
         check = teach.get("teacher_vs_start")
         start = student_config(config, "dense").model if config.students.dense is not None else None
-        if check and same_model(check["start"], start or ""):  # else stale: the student's start changed since
+        if check and start is not None and same_model(check["start"], start):  # else stale: the start changed since
             verdict = ("clearly better" if check["clear"] else
                        "**not clearly better: distilling from it may lower the student** (README, TREC DL 2019)")
             lines.append(f"- teacher against the dense student's start ({check['start']}) on those {check['queries']} "
