@@ -203,3 +203,51 @@ def test_same_model_compares_ids_and_folders(tmp_path):
     assert same_model("org/model", "org/model") and not same_model("org/model", "org/other")
     assert same_model(tmp_path / "m", f"{tmp_path}/./m/") and not same_model(tmp_path / "m", tmp_path)
     assert not same_model("org/model", tmp_path / "m")
+
+
+def test_weak_teacher_keep_start_saves_the_start_untrained(label_free, tmp_path, monkeypatch):  # noqa: F811
+    """``students.dense.weak_teacher: keep-start``: when the label-free check does not find the teacher clearly better
+    than the start, the student is the start, weight for weight, indexed and reported as such; when it does, the
+    student trains as before. The setting is part of the train fingerprint and is refused where it cannot act."""
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_kd.pipeline import Pipeline
+    from retrieval_kd.pipeline import stages as st
+    from retrieval_kd.pipeline.config import student_config
+    from retrieval_kd.pipeline.report import write_report
+
+    values = yaml.safe_load(label_free.read_text())
+    teachers = {**values["teachers"], "fit_weights": True, "fit_on": "ict", "fit_queries": 10, "fit_step": 0.5}
+    dense = {**values["students"]["dense"], "weak_teacher": "keep-start"}
+    config = _load_with(label_free, tmp_path, teachers=teachers, students={**values["students"], "dense": dense})
+    weak = {"start": student_config(config, "dense").model, "teacher_ndcg@10": 0.5, "start_ndcg@10": 0.5,
+            "gain": 0.0, "p": 1.0, "queries": 10, "clear": False}
+    monkeypatch.setattr(st, "_teacher_vs_start", lambda cfg, members, fit: weak)
+    Pipeline(config).run()
+    student = config.work_dir / "models" / "dense"
+    summary = json.loads((config.work_dir / "stages" / "train-dense.json").read_text())["summary"]
+    assert summary["steps"] == 0 and "paired p 1" in summary["kept_start"]
+    start = SentenceTransformer(weak["start"], device="cpu").state_dict()
+    kept = SentenceTransformer(str(student), device="cpu")
+    assert kept.max_seq_length == student_config(config, "dense").max_seq_length
+    assert all(np.array_equal(v.numpy(), start[k].numpy()) for k, v in kept.state_dict().items())
+    assert (config.work_dir / "runs" / "lf-test" / "dense-flat.run").is_file()
+    report = write_report(config.work_dir, config).read_text()
+    assert "not trained: its start" in report and "(nDCG@10 0.5000 against 0.5000, +0.0000, paired p 1;" in report
+    # a clear check: the same settings train the student
+    clear = {**weak, "teacher_ndcg@10": 0.9, "gain": 0.4, "p": 0.001, "clear": True}
+    monkeypatch.setattr(st, "_teacher_vs_start", lambda cfg, members, fit: clear)
+    again = _load_with(label_free, tmp_path, name="lf-clear", teachers=teachers,
+                       students={**values["students"], "dense": dense})
+    Pipeline(again).run(until="train-dense")
+    assert json.loads((again.work_dir / "stages" / "train-dense.json").read_text())["summary"]["steps"] > 0
+    plain = _load_with(label_free, tmp_path, teachers=teachers)
+    assert Pipeline(plain).fingerprint("train-dense") != Pipeline(config).fingerprint("train-dense")
+    assert "weak_teacher" not in Pipeline(plain).stage("train-dense").params  # the default: older fingerprints hold
+    for students, other, match in (
+            ({**values["students"], "dense": {**dense, "weak_teacher": "skip"}}, {}, "must be one of train, keep-start"),
+            ({**values["students"], "sparse": {**values["students"]["sparse"], "weak_teacher": "keep-start"}}, {},
+             "set it under students.dense"),
+            ({**values["students"], "dense": dense}, {"teachers": values["teachers"]}, "needs the label-free check")):
+        with pytest.raises(ConfigError, match=match):
+            _load_with(label_free, tmp_path, **{"teachers": teachers, **other, "students": students})

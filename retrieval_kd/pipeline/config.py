@@ -222,10 +222,16 @@ _MADE_UP_KEYS = {"source", "filters", "positives", "mix_labeled", "max_queries",
 
 @dataclass
 class StudentSection:
-    """A student: its own config file, keys to override there (dotted, as ``rkd train --set``)."""
+    """A student: its own config file, keys to override there (dotted, as ``rkd train --set``).
+
+    ``weak_teacher`` (dense student only): what the train stage does when the label-free check of the teacher
+    against the student's start (``teachers.fit_on: ict``; ``teacher_vs_start`` in the teach summary) does not find
+    the teacher clearly better: ``train`` anyway (the log and the report warn), or ``keep-start``: the start is
+    saved as the student, untrained, and indexed and evaluated as the student."""
 
     config: str | None = None
     set: dict[str, Any] = field(default_factory=dict)
+    weak_teacher: str = "train"
 
 
 @dataclass
@@ -767,10 +773,22 @@ def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = froze
             except (ValueError, FileNotFoundError) as exc:
                 raise ValueError(f"{where}: students.{kind}: {exc}") from None
             _warn_unavailable(student.model, where, f"students.{kind}")
+            if section.weak_teacher not in WEAK_TEACHER:
+                raise ConfigError(f"{where}: students.{kind}.weak_teacher must be one of {', '.join(WEAK_TEACHER)}, "
+                                  f"got {section.weak_teacher!r}")
+            if section.weak_teacher != "train" and kind != "dense":
+                raise ConfigError(f"{where}: students.{kind}.weak_teacher: the teacher is checked against the dense "
+                                  "student's start only; set it under students.dense")
+            if section.weak_teacher != "train" and not (tc.fit_weights and tc.fit_on == "ict"):
+                raise ConfigError(f"{where}: students.{kind}.weak_teacher: {section.weak_teacher} needs the "
+                                  "label-free check of the teacher, which the ICT fit makes (teachers.fit_weights: "
+                                  "true, teachers.fit_on: ict)")
             if kind == "dense":
                 _check_code_sizes(config, student.model, where)
 
 
+#: students.dense.weak_teacher: train anyway, or keep the start as the student (StudentSection)
+WEAK_TEACHER = ("train", "keep-start")
 _IVF_KINDS = ("ivfpq", "opq-ivfpq", "distill-vq")
 _PQ_KINDS = ("pq", "ivfpq", "opq-ivfpq", "distill-vq")
 

@@ -296,7 +296,9 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
     lines += ["## Students", ""]
     for kind in ("dense", "sparse"):
         s = (markers.get(f"train-{kind}") or {}).get("summary")
-        if s:
+        if s and s.get("kept_start"):  # students.dense.weak_teacher: keep-start, and the check did not pass
+            lines.append(f"- {kind}: **not trained: its start `{s.get('start')}` kept as the student**. {s['kept_start']}")
+        elif s:
             lines.append(f"- {kind}: {s.get('steps')} steps, final training loss {s.get('train_loss', float('nan')):.4f}, "
                          f"trained in {s.get('train_seconds')} s" + (f" ({s['precision']})" if s.get("precision") else "")
                          + f", teacher `{s.get('teacher')}`"

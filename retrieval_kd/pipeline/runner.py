@@ -150,8 +150,11 @@ class Pipeline:
         for kind, fn in (("dense", st.train_dense_stage), ("sparse", st.train_sparse_stage)):
             if getattr(cfg.students, kind) is None:
                 continue
-            sc = student_config(cfg, kind)
-            stages.append(Stage(f"train-{kind}", fn, {"config": _student_params(sc)}, ["teach"],
+            sc, section = student_config(cfg, kind), getattr(cfg.students, kind)
+            params = {"config": _student_params(sc)}
+            if section.weak_teacher != "train":  # only where it is set: older fingerprints hold
+                params["weak_teacher"] = section.weak_teacher
+            stages.append(Stage(f"train-{kind}", fn, params, ["teach"],
                                 [Path(sc.output_dir) / "rkd_training.json"],
                                 [f"{getattr(cfg.students, kind).config}", str(work / "scores"), str(sc.model)]))
             trained.append(f"train-{kind}")

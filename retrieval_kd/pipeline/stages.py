@@ -401,7 +401,25 @@ def _training_queries_summary(ctx: Context, config) -> dict:
 
 
 def train_dense_stage(ctx: Context) -> dict:
-    """Distil the ensemble into the dense student (resumes from its newest checkpoint after a kill)."""
+    """Distil the ensemble into the dense student (resumes from its newest checkpoint after a kill); with
+    ``students.dense.weak_teacher: keep-start``, save the start untrained instead when the teach stage's label-free
+    check did not find the teacher clearly better than it."""
+    if ctx.config.students.dense.weak_teacher == "keep-start":
+        marker = ctx.work / "stages" / "teach.json"
+        check = json.loads(marker.read_text())["summary"].get("teacher_vs_start") if marker.is_file() else None
+        if check is not None and not check["clear"]:
+            from retrieval_kd.students.dense import keep_start
+
+            reason = (f"The teacher was not clearly better than the start on {check['queries']} ICT queries "
+                      f"(nDCG@10 {check['teacher_ndcg@10']:.4f} against {check['start_ndcg@10']:.4f}, "
+                      f"{check['gain']:+.4f}, paired p {check['p']:.3g}; students.dense.weak_teacher: keep-start).")
+            config = student_config(ctx.config, "dense")
+            out = keep_start(config, reason)
+            out["queries"] = _training_queries_summary(ctx, config)
+            return out
+        if check is None:
+            logger.warning("students.dense.weak_teacher: keep-start, but the teach stage compared no member with the "
+                           "dense student's start (none is it): the student is trained")
     return _train(ctx, "dense")
 
 

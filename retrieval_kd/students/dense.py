@@ -27,8 +27,8 @@ from retrieval_kd.students.config import DenseTrainingConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingData", "cpu_precision", "last_dev_metrics", "prepare_training_data", "resolve_teacher_scores",
-           "resume_point", "train_dense", "train_from", "training_precision"]
+__all__ = ["TrainingData", "cpu_precision", "keep_start", "last_dev_metrics", "prepare_training_data",
+           "resolve_teacher_scores", "resume_point", "train_dense", "train_from", "training_precision"]
 
 
 def cpu_precision(config: DenseTrainingConfig) -> dict[str, bool]:
@@ -260,6 +260,30 @@ def train_dense(config: DenseTrainingConfig, collection=None, callbacks=None, ov
     }
     if trainer.is_world_process_zero():
         _save(model, config, summary, clusters, overwrite=overwrite)
+    return summary
+
+
+def keep_start(config: DenseTrainingConfig, reason: str, overwrite: bool = False) -> dict[str, Any]:
+    """Save the starting model ``config.model`` as the student, untrained, to ``config.output_dir``: the outcome of
+    a run that decided, before training, that its teacher would not improve the start (``reason``, in the summary
+    and the model card). The folder is a dense student like any other, so indexing and evaluation read it as they
+    read a trained one. Returns the summary (0 steps)."""
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_kd.models.resolve import resolve_model
+    from retrieval_kd.students.interpolate import start_reference
+    from retrieval_kd.utils.fs import check_output_folder
+
+    check_output_folder(config.output_dir, "dense-student", overwrite)
+    resolve_model(config.model, "student model")
+    model = SentenceTransformer(config.model)
+    model.max_seq_length = config.max_seq_length
+    summary = {"name": config.name, "output_dir": str(config.output_dir), "kept_start": reason, "steps": 0,
+               "train_seconds": 0.0, "start": start_reference(config.model)}
+    card = (f"\n\n## Distillation (retrieval-kd)\n\n- Not trained: the starting model `{config.model}` as it is "
+            f"(max_seq_length {config.max_seq_length}). {reason}\n")
+    _save(model, config, summary, card=card, overwrite=overwrite)
+    logger.info("%s: the start %s kept, untrained: %s", config.output_dir, config.model, reason)
     return summary
 
 
