@@ -234,6 +234,14 @@ def test_weak_teacher_keep_start_saves_the_start_untrained(label_free, tmp_path,
     assert (config.work_dir / "runs" / "lf-test" / "dense-flat.run").is_file()
     report = write_report(config.work_dir, config).read_text()
     assert "not trained: its start" in report and "(nDCG@10 0.5000 against 0.5000, +0.0000, paired p 1;" in report
+    assert "The distilled dense rows are its start, kept untrained" in report
+    assert json.loads((config.work_dir / "models" / "dense-log.json").read_text()) == []
+    # a check made against another start than the present one: trained, not kept
+    monkeypatch.setattr(st, "_teacher_vs_start", lambda cfg, members, fit: {**weak, "start": str(tmp_path)})
+    other = _load_with(label_free, tmp_path, name="lf-other", teachers=teachers,
+                       students={**values["students"], "dense": dense})
+    Pipeline(other).run(until="train-dense")
+    assert json.loads((other.work_dir / "stages" / "train-dense.json").read_text())["summary"]["steps"] > 0
     # a clear check: the same settings train the student
     clear = {**weak, "teacher_ndcg@10": 0.9, "gain": 0.4, "p": 0.001, "clear": True}
     monkeypatch.setattr(st, "_teacher_vs_start", lambda cfg, members, fit: clear)
@@ -248,6 +256,8 @@ def test_weak_teacher_keep_start_saves_the_start_untrained(label_free, tmp_path,
             ({**values["students"], "dense": {**dense, "weak_teacher": "skip"}}, {}, "must be one of train, keep-start"),
             ({**values["students"], "sparse": {**values["students"]["sparse"], "weak_teacher": "keep-start"}}, {},
              "set it under students.dense"),
-            ({**values["students"], "dense": dense}, {"teachers": values["teachers"]}, "needs the label-free check")):
+            ({**values["students"], "dense": dense}, {"teachers": values["teachers"]}, "needs the label-free check"),
+            ({**values["students"], "dense": dense}, {"teachers": {**teachers, "members": ["bm25", "bm25"]}},
+             "which no bi-encoder of teachers.members is")):
         with pytest.raises(ConfigError, match=match):
             _load_with(label_free, tmp_path, **{"teachers": teachers, **other, "students": students})

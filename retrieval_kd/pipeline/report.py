@@ -246,6 +246,7 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
     lines.append("")
     lines += ["## Quality", ""]
     loss_plot = _loss_plot(work, logs)
+    kept_start = ((markers.get("train-dense") or {}).get("summary") or {}).get("kept_start")
     for ev in config.eval:
         if ev.name not in metrics:
             continue
@@ -255,6 +256,8 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
         lines += [f"### {ev.name} ({metrics[ev.name]['runs']['bm25']['queries'] if 'bm25' in metrics[ev.name]['runs'] else '?'}"
                   f" queries, binary measures count grade >= {metrics[ev.name]['relevance_level']})", "",
                   quality_table(metrics, ev.name, config.metrics, names), "",
+                  *(["The distilled dense rows are its start, kept untrained (`students.dense.weak_teacher: "
+                     "keep-start`; see Students).", ""] if kept_start else []),
                   "p: ranx paired Student's t-test against BM25 on the same queries; * marks p < 0.05. Teachers "
                   f"rerank BM25's top-{config.teachers.rerank_depth}; students retrieve top-{config.retrieve_top_k} "
                   "from the whole corpus.", ""]

@@ -407,19 +407,27 @@ def train_dense_stage(ctx: Context) -> dict:
     if ctx.config.students.dense.weak_teacher == "keep-start":
         marker = ctx.work / "stages" / "teach.json"
         check = json.loads(marker.read_text())["summary"].get("teacher_vs_start") if marker.is_file() else None
-        if check is not None and not check["clear"]:
+        config = student_config(ctx.config, "dense")
+        from retrieval_kd.models.resolve import same_model
+
+        if check is not None and not same_model(check["start"], config.model):
+            logger.warning("students.dense.weak_teacher: keep-start, but the teach stage checked the teacher against "
+                           "%s, not the present start %s: the student is trained (rerun teach to check it)",
+                           check["start"], config.model)
+        elif check is not None and not check["clear"]:
             from retrieval_kd.students.dense import keep_start
 
             reason = (f"The teacher was not clearly better than the start on {check['queries']} ICT queries "
                       f"(nDCG@10 {check['teacher_ndcg@10']:.4f} against {check['start_ndcg@10']:.4f}, "
                       f"{check['gain']:+.4f}, paired p {check['p']:.3g}; students.dense.weak_teacher: keep-start).")
-            config = student_config(ctx.config, "dense")
             out = keep_start(config, reason)
+            _write_json(Path(config.output_dir).with_name("dense-log.json"), [])  # no curve of an earlier run
             out["queries"] = _training_queries_summary(ctx, config)
             return out
-        if check is None:
-            logger.warning("students.dense.weak_teacher: keep-start, but the teach stage compared no member with the "
-                           "dense student's start (none is it): the student is trained")
+        elif check is None:
+            logger.warning("students.dense.weak_teacher: keep-start, but the teach stage stored no check of the "
+                           "teacher against the dense student's start (no member is the start, or the stage ran "
+                           "before the check existed): the student is trained")
     return _train(ctx, "dense")
 
 
