@@ -779,12 +779,11 @@ def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = froze
             if section.weak_teacher != "train" and kind != "dense":
                 raise ConfigError(f"{where}: students.{kind}.weak_teacher: the teacher is checked against the dense "
                                   "student's start only; set it under students.dense")
-            if section.weak_teacher != "train" and not (tc.fit_weights and tc.weights is None
-                                                         and len(tc.members) > 1 and tc.fit_on == "ict"):
+            if section.weak_teacher != "train" and not (fits_weights(config) and tc.fit_on == "ict"):
                 raise ConfigError(f"{where}: students.{kind}.weak_teacher: {section.weak_teacher} needs the "
                                   "label-free check of the teacher, which the ICT fit makes (teachers.fit_weights: "
                                   "true, teachers.fit_on: ict, two members or more, no fixed teachers.weights)")
-            if section.weak_teacher != "train" and not _start_is_a_member(tc.members, student.model):
+            if section.weak_teacher != "train" and start_member(tc.members, student.model) is None:
                 raise ConfigError(f"{where}: students.{kind}.weak_teacher: {section.weak_teacher} compares the "
                                   f"teacher with the student's start {student.model}, which no bi-encoder of "
                                   "teachers.members is")
@@ -792,12 +791,20 @@ def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = froze
                 _check_code_sizes(config, student.model, where)
 
 
-def _start_is_a_member(members: list[str], start: str) -> bool:
-    """Whether a ``bi-encoder:`` spec of ``members`` names the model ``start`` (the check's comparison)."""
+def fits_weights(cfg: PipelineConfig) -> bool:
+    """Whether ``teach`` fits the ensemble's weights (on what: ``teachers.fit_on``)."""
+    tc = cfg.teachers
+    return tc.fit_weights and tc.weights is None and len(tc.members) > 1
+
+
+def start_member(members: list[str], start: str) -> int | None:
+    """The index of the first ``bi-encoder:`` spec of ``members`` that names the model ``start`` (the member the
+    label-free check compares the teacher with), or None."""
     from retrieval_kd.models.resolve import same_model
 
-    heads = (spec.split(",")[0].partition(":") for spec in members)
-    return any(kind.strip() == "bi-encoder" and same_model(name.strip(), start) for kind, _, name in heads)
+    heads = (spec.split(",")[0].strip().partition(":") for spec in members)
+    return next((i for i, (kind, _, name) in enumerate(heads)
+                 if kind == "bi-encoder" and same_model(name.strip(), start)), None)
 
 
 #: students.dense.weak_teacher: train anyway, or keep the start as the student (StudentSection)

@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from retrieval_kd.pipeline.config import PipelineConfig, student_config
+from retrieval_kd.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -282,11 +282,10 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
                          f"normalisation {config.teachers.normalization}")
         elif not weights and len(teach.get("members", [])) > 1:
             lines.append(f"- equal weights (none fitted: no labels used); normalisation {config.teachers.normalization}")
-        from retrieval_kd.models.resolve import same_model
+        from retrieval_kd.pipeline.stages import current_check
 
-        check = teach.get("teacher_vs_start")
-        start = student_config(config, "dense").model if config.students.dense is not None else None
-        if check and start is not None and same_model(check["start"], start):  # else stale: the start changed since
+        check = current_check(config, teach)  # None when stale: the start changed since the teach stage ran
+        if check:
             verdict = ("clearly better" if check["clear"] else
                        "**not clearly better: distilling from it may lower the student** (README, TREC DL 2019)")
             lines.append(f"- teacher against the dense student's start ({check['start']}) on those {check['queries']} "

@@ -35,6 +35,7 @@ from retrieval_kd.pipeline.config import (
     PipelineConfig,
     collection_name,
     config_path,
+    fits_weights,
     resolved_encoding,
     slug,
     student_config,
@@ -217,12 +218,6 @@ def labeled_too(cfg: PipelineConfig) -> bool:
     return q.made_up and (q.mix_labeled or (fits_weights(cfg) and tc.fit_on == "split"))
 
 
-def fits_weights(cfg: PipelineConfig) -> bool:
-    """Whether ``teach`` fits the ensemble's weights (on what: ``teachers.fit_on``)."""
-    tc = cfg.teachers
-    return tc.fit_weights and tc.weights is None and len(tc.members) > 1
-
-
 # ------------------------------------------------------------------------------------------------------ mine
 def mine(ctx: Context) -> dict:
     """Training candidates (with positives) and BM25 top-``retrieve_top_k`` of every eval set (its first system).
@@ -300,6 +295,17 @@ def _teacher_vs_start(cfg, members, fit) -> dict | None:
                        "DL 2019, where the start was trained, it did; README)", start, fit.ndcg,
                        fit.members_ndcg[at], p)
     return check
+
+
+def current_check(cfg: PipelineConfig, teach_summary: dict) -> dict | None:
+    """The teach stage's ``teacher_vs_start``, if it was made against the dense student's present start (None when
+    there is none, no dense student, or the start changed since the stage ran)."""
+    from retrieval_kd.models.resolve import same_model
+
+    check = teach_summary.get("teacher_vs_start")
+    if not check or cfg.students.dense is None:
+        return None
+    return check if same_model(check["start"], student_config(cfg, "dense").model) else None
 
 
 def teach(ctx: Context) -> dict:
@@ -406,14 +412,12 @@ def train_dense_stage(ctx: Context) -> dict:
     check did not find the teacher clearly better than it."""
     if ctx.config.students.dense.weak_teacher == "keep-start":
         marker = ctx.work / "stages" / "teach.json"
-        check = json.loads(marker.read_text())["summary"].get("teacher_vs_start") if marker.is_file() else None
-        config = student_config(ctx.config, "dense")
-        from retrieval_kd.models.resolve import same_model
-
-        if check is not None and not same_model(check["start"], config.model):
+        stored = json.loads(marker.read_text())["summary"] if marker.is_file() else {}
+        check, config = current_check(ctx.config, stored), student_config(ctx.config, "dense")
+        if check is None and stored.get("teacher_vs_start"):
             logger.warning("students.dense.weak_teacher: keep-start, but the teach stage checked the teacher against "
                            "%s, not the present start %s: the student is trained (rerun teach to check it)",
-                           check["start"], config.model)
+                           stored["teacher_vs_start"]["start"], config.model)
         elif check is not None and not check["clear"]:
             from retrieval_kd.students.dense import keep_start
 
