@@ -31,7 +31,7 @@ Recipes (``--variant``) are compared on a *dev carve of the made-up queries* (``
 reranks each dev query's candidates and scores nDCG@10 against its pseudo-positive), never on a test split; the
 second dev signal, ``teacher_dev``, is the student's nDCG@10 against the teacher's top-3 non-source documents of
 200 held-out crops. The variant is chosen by its mean rank on the two before test is read (``label_free.meta.json``
-records them and test; the README's choice of ``others-kl`` among ``others``, ``others-kl`` and ``others-mse``).
+records them and test; docs/label-free.md's choice of ``others-kl`` among ``others``, ``others-kl``, ``others-mse``).
 
 Everything a row trains or scores is kept under ``--work`` and reused on the next run (a killed run resumes:
 the score store skips scored queries, a trained student folder with a summary is not trained again; its name

@@ -1,7 +1,7 @@
 """Uniform soups of dense students trained on one teacher with different seeds, against their start.
 
-Usage (the experiment pre-registered in 62803da; its commands are in the README's "Distillation without labels"):
-for each pipeline experiment, the dense students of its runs with different ``training.seed`` are kept
+Usage (the experiment pre-registered in 62803da; its commands are in docs/label-free.md, "A uniform soup of two
+students"): for each pipeline experiment, the dense students of its runs with different ``training.seed`` are kept
 under ``<experiment>/students-kept/t<seed>/`` and each run's ``runs/`` folder under ``students-kept/runs-t<seed>/``;
 then
 

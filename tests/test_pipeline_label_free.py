@@ -278,8 +278,8 @@ def test_made_up_queries_beside_a_training_split_fit_the_weights_on_its_labels(t
 def test_weights_fitted_on_the_made_up_queries_sources_read_no_label(label_free, tiny_pipeline, tmp_path):  # noqa: F811
     """``teachers.fit_on: sources`` fits the ensemble on each crop's source document as its one relevant document,
     on a folder without a training split. A crop is a substring of its source, so BM25 finds the source and the
-    tiny random bi-encoder does not: the fit gives BM25 the larger weight (the drift the README warns about), and
-    the weights reach the stored ensemble scores."""
+    tiny random bi-encoder does not: the fit gives BM25 the larger weight (the drift docs/label-free.md warns
+    about), and the weights reach the stored ensemble scores."""
     from retrieval_kd.teachers import ScoreStore, combine_runs
 
     values = yaml.safe_load(label_free.read_text())

@@ -101,9 +101,10 @@ class TeachersConfig:
     says on what: ``split``, the training split's judged queries; ``sources``, the made-up training queries with
     the document each was made from as its one relevant document (GPL's pseudo-labels, Wang et al. 2022): no
     human label is read. For cropped queries this rewards word overlap (a crop is a substring of its source) and
-    drifts towards BM25: measure it against equal weights (README, "Ensemble weights without labels"). ``ict``: on
-    ``fit_queries`` sentences cut *out of* their documents, each document without its sentence the relevant one
-    (:func:`retrieval_kd.teachers.ict_weights.fit_weights_ict`; the corpus alone, any collection, label-free).
+    drifts towards BM25: measure it against equal weights (docs/label-free.md, "Ensemble weights without labels").
+    ``ict``: on ``fit_queries`` sentences cut *out of* their documents, each document without its sentence the
+    relevant one (:func:`retrieval_kd.teachers.ict_weights.fit_weights_ict`; the corpus alone, any collection,
+    label-free).
     ``rerank_depth``: each teacher reranks BM25's top-k of every eval set for the report.
     ``encoding``: the backend of the bi-encoder and SPLADE members whose spec names none (``...,encoding=X``
     does): ``torch`` (fp32, the default: teachers stay exact unless asked), another of

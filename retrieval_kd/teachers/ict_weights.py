@@ -2,9 +2,9 @@
 
 A sentence cut from a document is a query whose one relevant document is known: its source. Fitting an ensemble's
 weights on the *whole* source rewards word overlap (the sentence is a substring of it, so BM25 finds it almost
-always and takes nearly all the weight; README, "Ensemble weights without labels"). Here the sentence is cut out
-of its source first (Lee et al. 2019's ICT, with removal always), so a member ranks the rest of the document
-high only if it matches what the sentence is *about*: a pseudo-label that needs more than shared words.
+always and takes nearly all the weight; docs/label-free.md, "Ensemble weights without labels"). Here the sentence
+is cut out of its source first (Lee et al. 2019's ICT, with removal always), so a member ranks the rest of the
+document high only if it matches what the sentence is *about*: a pseudo-label that needs more than shared words.
 
 For ``queries`` sentences of distinct documents (4-64 words, seeded), the pool of each is BM25's top-``top_k``
 over the corpus with every sampled source masked, all-MiniLM-L6-v2's top-``top_k`` (its cached corpus
@@ -19,8 +19,8 @@ the sampled sources of other queries unmasked (a small inconsistency, about 1 in
 1,400 with 300 queries); and the whole corpus is sentence-split and indexed by BM25 in memory for the fit, which
 suits collections of up to some hundred thousand documents, not MS MARCO's 8.8M (use labels or fixed weights there).
 
-Measured (README, "Ensemble weights from the inverse cloze task"): on Cranfield, TREC DL 2019, CISI and SciFact
-the weights it fits beat equal weights as rerankers of BM25's top-100 on every one.
+Measured (docs/label-free.md, "Ensemble weights from the inverse cloze task"): on Cranfield, TREC DL 2019, CISI and
+SciFact the weights it fits beat equal weights as rerankers of BM25's top-100 on every one.
 
 References:
     Lee, K., Chang, M.-W., Toutanova, K. (2019). Latent Retrieval for Weakly Supervised Open Domain Question
