@@ -81,6 +81,10 @@ def test_bad_queries_sections_name_the_key(label_free, tmp_path):
         ({"source": "import"}, "queries.path: source import needs the file"),
         ({"source": "import", "path": str(tmp_path / "missing.jsonl")}, "queries.path:"),
         ({"source": "import", "path": str(label_free), "format": "csv"}, "queries.format must be one of"),
+        ({"source": "import", "path": str(label_free)}, "queries.path: " + str(label_free) + ": cannot tell its format"),
+        ({"source": "import", "path": str(label_free), "format": "gpl"}, "reads a GPL data folder, not a file"),
+        ({"source": "import", "path": str(tmp_path), "format": "tsv"}, "format tsv reads a file, not a folder"),
+        ({"source": "crop", "seed": -1}, "queries.seed must be a non-negative integer, got -1"),
         # the split's own queries take none of the made-up queries' keys (and the folder has no train split)
         ({"source": "split", "method": "sentence"}, "queries.method is for queries made from the corpus"),
         ({"source": "split"}, "needed by queries.source split"),

@@ -637,3 +637,92 @@ def test_query_set_files_are_checked(tiny_beir, tmp_path):
     other = load_collection(str(_folder(tmp_path, SENTENCES)))
     with pytest.raises(IntegrityError, match="made from corpus"):
         qs.check_corpus(other)
+
+
+def test_an_output_over_a_file_the_command_reads_is_refused_and_the_file_kept(tiny_beir, tmp_path, capsys):
+    """``--output`` (or its sidecar) on the collection's corpus, queries or qrels, or on the imported file, is
+    refused before anything is written; an in-place ``filter`` stays allowed (read whole, replaced atomically)."""
+    from retrieval_kd.cli.main import main
+
+    files = [tiny_beir / "corpus.jsonl", tiny_beir / "queries.jsonl", tiny_beir / "qrels" / "test.tsv"]
+    before = [f.read_bytes() for f in files]
+    crop = ["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "sentence"]
+    capsys.readouterr()
+    for target in files:
+        assert main([*crop, "--output", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"would overwrite {target.resolve()}, which this command reads" in err and "Traceback" not in err
+    gen = write_jsonl(tmp_path / "gen.jsonl", [{"_id": "d1", "title": "", "text": "", "query": "goldfish size"}])
+    odd = write_jsonl(tmp_path / "odd.provenance.json", [{"_id": "d2", "title": "", "text": "", "query": "wifi"}])
+    kept = {gen: gen.read_bytes(), odd: odd.read_bytes()}
+    imp = ["-q", "queries", "import", "--dataset", str(tiny_beir)]
+    assert main([*imp, "--input", str(gen), "--output", str(gen)]) == 2
+    assert f"--output would overwrite {gen.resolve()}" in capsys.readouterr().err
+    assert main([*imp, "--input", str(odd), "--output", str(tmp_path / "odd.jsonl")]) == 2
+    assert f"the provenance sidecar of --output would overwrite {odd.resolve()}" in capsys.readouterr().err
+    assert [f.read_bytes() for f in files] == before and {f: f.read_bytes() for f in kept} == kept
+    assert not (tmp_path / "gen.provenance.json").exists() and not (tmp_path / "odd.jsonl").exists()
+    out = tmp_path / "q.jsonl"
+    assert main([*crop, "--output", str(out)]) == 0
+    made = read_query_set(out).queries
+    assert main(["-q", "queries", "filter", "--dataset", str(tiny_beir), "--queries", str(out), "--min-words", "7",
+                 "--output", str(out)]) == 0
+    kept = read_query_set(out).queries
+    assert kept == {q: t for q, t in made.items() if len(t.split()) >= 7} and 0 < len(kept) < len(made)
+
+
+def test_duplicate_document_ids_name_both_lines(tmp_path):
+    docs = [{"_id": "a", "title": "", "text": "One sentence here."}, {"_id": "b", "title": "", "text": "Two."},
+            {"_id": "a", "title": "", "text": "Another text."}]
+    coll = load_collection(str(_folder(tmp_path, docs)))
+    with pytest.raises(DataFormatError, match=r"corpus\.jsonl:3: duplicate document id 'a' \(first on line 1\)"):
+        crop_queries(coll, "sentence")
+
+
+def test_a_sidecar_path_that_is_a_folder_leaves_no_queries_file(tiny_beir, tmp_path):
+    qs = crop_queries(load_collection(str(tiny_beir)), "title")
+    (tmp_path / "q.provenance.json").mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_query_set(qs, tmp_path / "q.jsonl")
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_an_empty_import_file_is_named(tiny_beir, tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(DataFormatError, match=r"empty\.tsv: holds no queries"):
+        import_queries(empty, load_collection(str(tiny_beir)))
+
+
+def test_a_negative_seed_is_refused_naming_the_flag(tiny_beir, tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "queries", "crop", "--dataset", str(tiny_beir), "--method", "title", "--seed", "-1",
+              "--output", str(tmp_path / "q.jsonl")])
+    assert exc.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_batch_parts_never_delete_what_they_did_not_write(tmp_path):
+    from retrieval_kd.queries.parts import BatchParts
+
+    foreign = tmp_path / "q.jsonl.parts"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for restart in (False, True):
+        with pytest.raises(ConfigError, match="not written by retrieval-kd"):
+            BatchParts(foreign, {"seed": 0}, restart=restart)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    (foreign / "notes.txt").unlink()
+    parts = BatchParts(foreign, {"seed": 0})  # an empty folder is taken over
+    parts.put(0, [{"x": 1}])
+    (foreign / "added-later.txt").write_text("mine too")
+    assert BatchParts(foreign, {"seed": 1}, restart=True).done() == set()  # restart drops only the batches
+    BatchParts(foreign, {"seed": 1}).remove()
+    assert sorted(p.name for p in foreign.iterdir()) == ["added-later.txt"]  # kept, and so the folder
+    (foreign / "added-later.txt").unlink()
+    parts = BatchParts(foreign, {"seed": 2})
+    parts.put(3, [{"x": 1}])
+    parts.remove()
+    assert not foreign.exists()

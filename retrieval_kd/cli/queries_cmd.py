@@ -40,7 +40,7 @@ def _common(p, output: bool = True) -> None:
 
 def _selection_args(p) -> None:
     p.add_argument("--per-document", type=positive_int, default=None, help="queries per document")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--max-documents", type=positive_int, default=None, help="a seeded sample of the corpus")
     p.add_argument("--skip-empty", action="store_true", help="leave out documents without text (else an error)")
     p.add_argument("--id-prefix", default=None, help="query ids are PREFIX-DOC-N")
@@ -123,6 +123,22 @@ def _report(query_set, output) -> int:
     return 0
 
 
+def _check_output(args, collection, *inputs: Path) -> None:
+    """Refuse an ``--output`` that would overwrite, itself or by its provenance sidecar, a file this command reads:
+    the collection's corpus, queries or qrels, or an input (a file, or any file in an input folder such as GPL's)."""
+    from retrieval_kd.errors import ConfigError
+    from retrieval_kd.queries import sidecar_path
+
+    corpus = getattr(collection.corpus, "path", None)
+    read = [p for p in (corpus, collection.queries_path, *collection.qrels_paths.values(), *inputs) if p is not None]
+    for target, what in ((args.output, "--output"), (sidecar_path(args.output), "the provenance sidecar of --output")):
+        target = Path(target).resolve()
+        for source in (Path(p).resolve() for p in read):
+            if target == source or (source.is_dir() and source in target.parents and target.exists()):
+                raise ConfigError(f"{args.output}: {what} would overwrite {source}, which this command reads; write "
+                                  "the queries to another file")
+
+
 def _excluded_sources(args, collection) -> dict[str, str] | None:
     """Source document -> file, of the query sets ``--exclude-sources`` names (each checked against ``collection``'s
     corpus; none may be ``--output``, which the rest would overwrite)."""
@@ -147,12 +163,13 @@ def _generate(args) -> int:
     filters = _filters(args)
     examples = read_examples(args.examples) if args.examples else None  # a bad file fails before the model loads
     collection = load_collection(args.dataset)
+    _check_output(args, collection)
+    excluded = _excluded_sources(args, collection)  # a bad file fails before the model loads, too
     generator = QueryGenerator(args.model, examples, args.prompt or DEFAULT_PROMPT, args.per_document or 3,
                                args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                                args.max_document_tokens, not args.no_chat_template, args.device, args.dtype)
     query_set = generate_queries(generator, collection, args.output, args.batch_size, args.seed, args.max_documents,
-                                 args.skip_empty, filters, args.restart, args.id_prefix or "gen",
-                                 _excluded_sources(args, collection))
+                                 args.skip_empty, filters, args.restart, args.id_prefix or "gen", excluded)
     return _report(query_set, args.output)
 
 
@@ -162,6 +179,7 @@ def _crop(args) -> int:
 
     filters = _filters(args)
     collection = load_collection(args.dataset)
+    _check_output(args, collection)
     query_set = crop_queries(collection, args.method, args.per_document or 1, args.seed,
                              args.remove_sentence, tuple(args.span_ratio), args.min_span_words, args.max_span_words,
                              args.max_documents, args.skip_empty, filters, args.id_prefix,
@@ -174,8 +192,9 @@ def _import(args) -> int:
     from retrieval_kd.data import load_collection
     from retrieval_kd.queries import import_queries, write_query_set
 
-    query_set = import_queries(args.input, load_collection(args.dataset), args.format, args.prefix, args.id_prefix,
-                               _filters(args))
+    collection = load_collection(args.dataset)
+    _check_output(args, collection, args.input)
+    query_set = import_queries(args.input, collection, args.format, args.prefix, args.id_prefix, _filters(args))
     write_query_set(query_set, args.output)
     return _report(query_set, args.output)
 
@@ -186,6 +205,7 @@ def _filter(args) -> int:
     from retrieval_kd.queries import apply_filters, merge_query_sets, read_query_set, write_query_set
 
     collection = load_collection(args.dataset)
+    _check_output(args, collection)  # a --queries file may be --output: read whole first, then replaced atomically
     if len({path.resolve() for path in args.queries}) < len(args.queries):
         raise ConfigError(f"--queries {' '.join(map(str, args.queries))}: a file is named twice")
     sets = [read_query_set(path, collection) for path in args.queries]

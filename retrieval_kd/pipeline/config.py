@@ -576,6 +576,7 @@ def config_path(config: PipelineConfig, value: str) -> Path:
 def _validate_queries(config: PipelineConfig, given: set[str], where: str) -> None:
     """The ``queries`` section: its source, the keys that source takes, and their values (no model is loaded)."""
     from retrieval_kd.queries import CROP_METHODS, IMPORT_FORMATS, QueryFilters
+    from retrieval_kd.queries.importing import detect_format
     from retrieval_kd.queries.pseudo_qrels import parse_positive
 
     q = config.queries
@@ -607,6 +608,8 @@ def _validate_queries(config: PipelineConfig, given: set[str], where: str) -> No
         raise ConfigError(f"{where}: queries.filters: {exc}") from None
     if f.round_trip not in (None, "bm25"):
         _warn_unavailable(f.round_trip, where, "queries.filters.round_trip")
+    if isinstance(q.seed, bool) or not isinstance(q.seed, int) or q.seed < 0:
+        raise ConfigError(f"{where}: queries.seed must be a non-negative integer, got {q.seed!r}")
     for key in ("max_queries", "max_documents", "per_document"):
         if getattr(q, key) is not None and getattr(q, key) < 1:
             raise ConfigError(f"{where}: queries.{key} must be >= 1 (or null), got {getattr(q, key)}")
@@ -657,6 +660,14 @@ def _validate_queries(config: PipelineConfig, given: set[str], where: str) -> No
             raise ConfigError(f"{where}: queries.path: {config_path(config, q.path)}: no such file or folder")
         if q.format not in IMPORT_FORMATS:
             raise ConfigError(f"{where}: queries.format must be one of {', '.join(IMPORT_FORMATS)}, got {q.format!r}")
+        path = config_path(config, q.path)
+        try:  # auto: what the name says, as the run reads it
+            fmt = detect_format(path) if q.format == "auto" else q.format
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: queries.path: {exc}") from None
+        if (fmt == "gpl") != path.is_dir():
+            raise ConfigError(f"{where}: queries.path: {path}: format {fmt} "
+                              + ("reads a GPL data folder, not a file" if fmt == "gpl" else "reads a file, not a folder"))
 
 
 def _validate(config: PipelineConfig, where: str, queries_keys: set[str] = frozenset()) -> None:

@@ -34,13 +34,21 @@ class DocumentSelection:
                 "skipped_documents": {reason: len(ids) for reason, ids in self.skipped.items() if ids}}
 
 
-def _line_of(path, doc_id: str) -> int | None:
+def _lines_of(path, doc_id: str, count: int = 1) -> list[int]:
+    """The first ``count`` lines of ``path`` holding document ``doc_id`` (for error messages)."""
     from retrieval_kd.data.formats import iter_jsonl
 
+    lines = []
     for lineno, obj in iter_jsonl(path):
         if str(obj.get("_id")) == doc_id:
-            return lineno
-    return None
+            lines.append(lineno)
+            if len(lines) == count:
+                break
+    return lines
+
+
+def _line_of(path, doc_id: str) -> int | None:
+    return next(iter(_lines_of(path, doc_id)), None)
 
 
 def select_documents(collection, max_documents: int | None = None, seed: int = 0,
@@ -57,14 +65,20 @@ def select_documents(collection, max_documents: int | None = None, seed: int = 0
             file) names those origins in the error. Ids not in the corpus are ignored.
 
     Raises:
-        DataFormatError: an empty corpus, a document without text (unless ``skip_empty``), or no document with text.
+        DataFormatError: an empty corpus, a duplicate document id, a document without text (unless ``skip_empty``),
+            or no document with text.
         ConfigError: ``exclude`` leaves no document.
     """
     corpus = collection.corpus
     if corpus is None:
         raise ValueError(f"dataset {collection.name!r} has no corpus to make queries from")
-    ids, empty = [], []
+    ids, empty, seen = [], [], set()
     for doc in corpus:  # an empty corpus raises DataFormatError naming the file
+        if doc["_id"] in seen:  # its queries would be credited to one of the two documents
+            first, again = _lines_of(corpus.path, doc["_id"], 2)
+            raise DataFormatError(f"{corpus.path}:{again}: duplicate document id {doc['_id']!r} (first on line "
+                                  f"{first}); ids must be unique")
+        seen.add(doc["_id"])
         (ids if doc["title"].strip() or doc["text"].strip() else empty).append(doc["_id"])
     total = len(ids) + len(empty)
     if empty and not skip_empty:

@@ -33,12 +33,13 @@ from retrieval_kd.queries.query_set import QuerySet, query_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMPORT_FORMATS", "import_queries"]
+__all__ = ["IMPORT_FORMATS", "detect_format", "import_queries"]
 
 IMPORT_FORMATS = ("auto", "beir", "gpl", "tsv")
 
 
-def _detect(path: Path) -> str:
+def detect_format(path: Path) -> str:
+    """``gpl`` for a folder, else ``tsv`` or ``beir`` by the file name (a ConfigError when it says neither)."""
     if path.is_dir():
         return "gpl"
     name = path.name.lower().removesuffix(".gz")
@@ -108,9 +109,11 @@ def import_queries(path: str | os.PathLike, collection, fmt: str = "auto", prefi
         raise ConfigError(f"import format {fmt!r}: use one of {', '.join(IMPORT_FORMATS)}")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    fmt = _detect(path) if fmt == "auto" else fmt
+    fmt = detect_format(path) if fmt == "auto" else fmt
     rows = list(_read_gpl(path, prefix) if fmt == "gpl" else _read_tsv(path) if fmt == "tsv"
                 else _read_beir(path, id_prefix))
+    if not rows:
+        raise DataFormatError(f"{path}: holds no queries; a {fmt} file needs at least one")
     queries, sources, where = {}, {}, {}
     empty = 0
     for place, qid, text, doc in rows:

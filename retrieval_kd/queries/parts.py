@@ -4,7 +4,9 @@ A parts folder (``<output>.parts/``) holds ``settings.json`` (what the job was s
 ``batch-NNNNNN.jsonl`` per finished batch, each written aside and renamed in (:class:`atomic_write`): a batch is
 there whole or not at all. A rerun with the same settings skips the batches that are there; one with other
 settings is refused (its finished batches would be mixed with new ones) unless ``restart`` drops them. The job
-removes the folder once its final file is written.
+removes the folder once its final file is written. Only what a job wrote is ever removed: a folder at that path
+without ``settings.json`` that holds anything is refused, and removing deletes the batches, the settings and the
+temporary files of killed writers, then the folder only if nothing else is left in it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,14 @@ class BatchParts:
     def __init__(self, folder: str | os.PathLike, settings: dict[str, Any], restart: bool = False):
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
-        if restart and self.folder.exists():
-            shutil.rmtree(self.folder)
         found = self.folder / self.SETTINGS
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"{self.folder}: is a file, not the folder of a job's finished batches; move it away")
+        if self.folder.is_dir() and not found.is_file() and any(self.folder.iterdir()):
+            raise ConfigError(f"{self.folder}: this folder was not written by retrieval-kd (no {self.SETTINGS}) and "
+                              "is not empty; move it away or choose another output, its files are left as they are")
+        if restart and found.is_file():
+            self.remove()
         if found.is_file():
             try:
                 old = json.loads(found.read_text(encoding="utf-8"))
@@ -92,5 +98,20 @@ class BatchParts:
     def get(self, batch: int) -> list[dict[str, Any]]:
         return [obj for _, obj in iter_jsonl(self._path(batch))]
 
+    def _ours(self) -> list[Path]:
+        """The files a job writes here: the settings, the batches and killed writers' temporary files."""
+        temps = (".batch-", f".{self.SETTINGS}.")
+        return [p for p in self.folder.iterdir() if p.name == self.SETTINGS
+                or (p.name.startswith("batch-") and p.suffix == ".jsonl")
+                or (p.name.startswith(temps) and p.suffix == ".tmp")]
+
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the job's files, then the folder if nothing else is in it (what someone else put there stays)."""
+        if not self.folder.is_dir():
+            return
+        for path in self._ours():
+            path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            logger.warning("%s: left in place: it holds files this job did not write", self.folder)

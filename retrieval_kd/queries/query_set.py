@@ -204,6 +204,9 @@ def write_query_set(query_set: QuerySet, path: str | os.PathLike) -> Path:
     if bad is not None:
         raise DataFormatError(f"{path}: cannot write query id {bad!r}: ids are non-empty and hold no whitespace "
                               "(they go into TREC run files)")
+    for target in (path, sidecar_path(path)):  # both refused before either is written: never a file without the other
+        if target.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(target))
     with atomic_write(path) as fh:
         for qid, text in query_set.queries.items():
             fh.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
