@@ -9,8 +9,8 @@ Reads each experiment's run files of its (single) eval set: ``bm25``, ``dense-in
 both when nothing before training changed its settings), ``dense-flat`` (the student), ``ensemble`` (the
 teacher reranking BM25's top-k) and ``sparse-inference-free``; evaluates them with ranx on the eval split and
 gives two-sided paired t-tests over the per-query nDCG@10: each student against its start and against BM25, the
-second experiment's student and teacher against the first's, and (two experiments, e.g. two seeds) the mean of the
-two students, query by query, against the mean of their starts and against BM25. No training, no choice. Writes (merged, one
+second experiment's student and teacher against the first's, and with ``--seed-mean`` (two seeds of one recipe)
+the mean of the two students, query by query, against the mean of their starts and against BM25. No training, no choice. Writes (merged, one
 entry per collection) the ``--output`` JSON.
 """
 
@@ -30,6 +30,8 @@ def main() -> None:
     p.add_argument("a", type=Path, help="the first (baseline) experiment folder")
     p.add_argument("b", type=Path, nargs="?", help="the second experiment folder (none: the first alone)")
     p.add_argument("--labels", nargs="+", default=["a", "b"], help="a name for each experiment")
+    p.add_argument("--seed-mean", action="store_true",
+                   help="the two experiments are seeds of one recipe: also test their students' mean, query by query")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_compare.json")
     args = p.parse_args()
 
@@ -73,13 +75,14 @@ def main() -> None:
     pairs = [(f"{lab}.dense-flat", f"{lab}.{base}") for lab in labels for base in ("dense-initial", "bm25")]
     if len(labels) == 2:
         pairs += [(f"{labels[1]}.{run}", f"{labels[0]}.{run}") for run in ("dense-flat", "ensemble", "sparse-inference-free")]
+    if len(labels) == 2 and args.seed_mean:
         for run in ("dense-flat", "dense-initial"):  # two seeds: each query's nDCG@10 averaged over them
             keys = [f"{lab}.{run}" for lab in labels]
             if all(k in per_query for k in keys):
                 qids = set(per_query[keys[0]]) | set(per_query[keys[1]])
-                per_query[f"mean.{run}"] = {q: (per_query[keys[0]].get(q, 0.0) + per_query[keys[1]].get(q, 0.0)) / 2
-                                            for q in qids}
-                scores[f"mean.{run}"] = {"ndcg@10": round(sum(per_query[f"mean.{run}"].values()) / len(qrels), 4)}
+                mean = {q: (per_query[keys[0]].get(q, 0.0) + per_query[keys[1]].get(q, 0.0)) / 2 for q in qids}
+                per_query[f"mean.{run}"] = mean
+                scores[f"mean.{run}"] = {"ndcg@10": round(sum(mean.values()) / len(mean), 4)}
         pairs += [("mean.dense-flat", "mean.dense-initial"), ("mean.dense-flat", f"{labels[0]}.bm25")]
     tests = {f"{x} vs {y}": paired(x, y) for x, y in pairs if x in per_query and y in per_query}  # runs it has
     entry = {"experiments": {lab: str(e) for lab, e in zip(labels, experiments)}, "eval": ev, "queries": len(qrels),

@@ -651,15 +651,16 @@ def test_an_output_over_a_file_the_command_reads_is_refused_and_the_file_kept(ti
     for target in files:
         assert main([*crop, "--output", str(target)]) == 2
         err = capsys.readouterr().err
-        assert f"would overwrite {target.resolve()}, which this command reads" in err and "Traceback" not in err
+        assert f"would replace or shadow {target.resolve()}, which this command reads" in err and "Traceback" not in err
     gen = write_jsonl(tmp_path / "gen.jsonl", [{"_id": "d1", "title": "", "text": "", "query": "goldfish size"}])
     odd = write_jsonl(tmp_path / "odd.provenance.json", [{"_id": "d2", "title": "", "text": "", "query": "wifi"}])
     kept = {gen: gen.read_bytes(), odd: odd.read_bytes()}
     imp = ["-q", "queries", "import", "--dataset", str(tiny_beir)]
     assert main([*imp, "--input", str(gen), "--output", str(gen)]) == 2
-    assert f"--output would overwrite {gen.resolve()}" in capsys.readouterr().err
+    assert f"--output ({gen.resolve()}) would replace or shadow {gen.resolve()}" in capsys.readouterr().err
     assert main([*imp, "--input", str(odd), "--output", str(tmp_path / "odd.jsonl")]) == 2
-    assert f"the provenance sidecar of --output would overwrite {odd.resolve()}" in capsys.readouterr().err
+    assert f"the provenance sidecar of --output ({odd.resolve()}) would replace or shadow {odd.resolve()}" \
+        in capsys.readouterr().err
     assert [f.read_bytes() for f in files] == before and {f: f.read_bytes() for f in kept} == kept
     assert not (tmp_path / "gen.provenance.json").exists() and not (tmp_path / "odd.jsonl").exists()
     out = tmp_path / "q.jsonl"
@@ -726,3 +727,58 @@ def test_batch_parts_never_delete_what_they_did_not_write(tmp_path):
     parts.put(3, [{"x": 1}])
     parts.remove()
     assert not foreign.exists()
+
+
+def test_an_output_that_would_shadow_or_replace_what_is_read_is_refused(tiny_beir, tmp_path, capsys):
+    """Beyond the exact files: the gzipped / plain twin a later load would read instead, a name the BEIR layout
+    looks for (a new qrels split), a query set's shared sidecar, the examples file, a file of a GPL folder."""
+    import gzip
+    import shutil
+
+    from retrieval_kd.cli.main import main
+
+    gz = tmp_path / "gz"
+    shutil.copytree(tiny_beir, gz)
+    (gz / "corpus.jsonl.gz").write_bytes(gzip.compress((gz / "corpus.jsonl").read_bytes()))
+    (gz / "corpus.jsonl").unlink()
+    crop = ["-q", "queries", "crop", "--dataset", str(gz), "--method", "sentence"]
+    capsys.readouterr()
+    for target in (gz / "corpus.jsonl", gz / "queries.tsv", gz / "qrels" / "train.tsv"):
+        assert main([*crop, "--output", str(target)]) == 2
+        assert "would replace or shadow" in capsys.readouterr().err and not target.exists()
+    assert sorted(p.name for p in gz.rglob("*") if p.is_file()) == ["corpus.jsonl.gz", "queries.jsonl", "test.tsv"]
+    a = tmp_path / "a.jsonl"
+    assert main([*crop, "--output", str(a)]) == 0
+    sidecar = sidecar_path(a).read_bytes()
+    filt = ["-q", "queries", "filter", "--dataset", str(gz), "--queries", str(a)]
+    assert main([*filt, "--output", str(tmp_path / "a.jsonl.gz")]) == 2  # a.jsonl.gz's sidecar is a's
+    assert f"would replace or shadow {sidecar_path(a).resolve()}" in capsys.readouterr().err
+    assert main([*crop, "--exclude-sources", str(a), "--output", str(tmp_path / "a.jsonl.gz")]) == 2
+    assert sidecar_path(a).read_bytes() == sidecar and not (tmp_path / "a.jsonl.gz").exists()
+    examples = _examples(tmp_path)
+    assert main(["-q", "queries", "generate", "--dataset", str(gz), "--model", "no/such-model", "--examples",
+                 str(examples), "--output", str(examples)]) == 2
+    assert f"would replace or shadow {examples.resolve()}" in capsys.readouterr().err
+    gpl = tmp_path / "generated"
+    write_jsonl(gpl / "qgen-queries.jsonl", [{"_id": "genQ1", "text": "pond water"}])
+    (gpl / "qgen-qrels").mkdir()
+    (gpl / "qgen-qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\ngenQ1\td4\t1\n")
+    kept = (gpl / "qgen-queries.jsonl").read_bytes()
+    imp = ["-q", "queries", "import", "--dataset", str(gz), "--input", str(gpl)]
+    assert main([*imp, "--output", str(gpl / "qgen-queries.jsonl")]) == 2
+    assert (gpl / "qgen-queries.jsonl").read_bytes() == kept
+    assert main([*imp, "--output", str(gpl / "imported.jsonl")]) == 0  # a new file beside them is fine
+
+
+def test_a_parts_folder_holding_only_a_killed_jobs_files_is_taken_over(tmp_path):
+    """A job killed while writing its settings, or while removing its folder, leaves files of its own and no
+    settings: the next run starts afresh instead of refusing the folder as someone else's."""
+    from retrieval_kd.queries.parts import BatchParts
+
+    for leftovers in ([".settings.json.123.abc.tmp"], ["batch-000000.jsonl", "batch-000001.jsonl"]):
+        folder = tmp_path / f"p{len(leftovers)}"
+        folder.mkdir()
+        for name in leftovers:
+            (folder / name).write_text("{}\n")
+        parts = BatchParts(folder, {"seed": 0})
+        assert parts.done() == set() and sorted(p.name for p in folder.iterdir()) == ["settings.json"]

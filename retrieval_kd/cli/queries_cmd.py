@@ -123,20 +123,26 @@ def _report(query_set, output) -> int:
     return 0
 
 
-def _check_output(args, collection, *inputs: Path) -> None:
-    """Refuse an ``--output`` that would overwrite, itself or by its provenance sidecar, a file this command reads:
-    the collection's corpus, queries or qrels, or an input (a file, or any file in an input folder such as GPL's)."""
+def _check_output(args, collection, *inputs: Path | None, query_sets: tuple[Path, ...] = (),
+                  in_place: bool = False) -> None:
+    """Refuse an ``--output`` that would replace, itself or by its provenance sidecar, a file this command reads:
+    the collection's files (or shadow them: :meth:`Collection.source_of`), an input (a file, or a file in an input
+    folder such as GPL's), or a query set read with its sidecar (``query_sets``; ``in_place``: the exact same file
+    may be rewritten, read whole first and replaced atomically)."""
     from retrieval_kd.errors import ConfigError
     from retrieval_kd.queries import sidecar_path
 
-    corpus = getattr(collection.corpus, "path", None)
-    read = [p for p in (corpus, collection.queries_path, *collection.qrels_paths.values(), *inputs) if p is not None]
-    for target, what in ((args.output, "--output"), (sidecar_path(args.output), "the provenance sidecar of --output")):
-        target = Path(target).resolve()
-        for source in (Path(p).resolve() for p in read):
-            if target == source or (source.is_dir() and source in target.parents and target.exists()):
-                raise ConfigError(f"{args.output}: {what} would overwrite {source}, which this command reads; write "
-                                  "the queries to another file")
+    output = Path(args.output).resolve()
+    read = [Path(p).resolve() for p in inputs if p is not None]
+    for path in query_sets:
+        if not (in_place and Path(path).resolve() == output):
+            read += [Path(path).resolve(), sidecar_path(path).resolve()]
+    for target, what in ((output, "--output"), (sidecar_path(output), "the provenance sidecar of --output")):
+        source = collection.source_of(target) or next(
+            (s for s in read if target == s or (s.is_dir() and s in target.parents and target.exists())), None)
+        if source is not None:
+            raise ConfigError(f"{args.output}: {what} ({target}) would replace or shadow {source}, which this "
+                              "command reads; write the queries to another file")
 
 
 def _excluded_sources(args, collection) -> dict[str, str] | None:
@@ -163,8 +169,8 @@ def _generate(args) -> int:
     filters = _filters(args)
     examples = read_examples(args.examples) if args.examples else None  # a bad file fails before the model loads
     collection = load_collection(args.dataset)
-    _check_output(args, collection)
     excluded = _excluded_sources(args, collection)  # a bad file fails before the model loads, too
+    _check_output(args, collection, args.examples, query_sets=tuple(args.exclude_sources))
     generator = QueryGenerator(args.model, examples, args.prompt or DEFAULT_PROMPT, args.per_document or 3,
                                args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                                args.max_document_tokens, not args.no_chat_template, args.device, args.dtype)
@@ -179,11 +185,11 @@ def _crop(args) -> int:
 
     filters = _filters(args)
     collection = load_collection(args.dataset)
-    _check_output(args, collection)
+    excluded = _excluded_sources(args, collection)
+    _check_output(args, collection, query_sets=tuple(args.exclude_sources))
     query_set = crop_queries(collection, args.method, args.per_document or 1, args.seed,
                              args.remove_sentence, tuple(args.span_ratio), args.min_span_words, args.max_span_words,
-                             args.max_documents, args.skip_empty, filters, args.id_prefix,
-                             _excluded_sources(args, collection))
+                             args.max_documents, args.skip_empty, filters, args.id_prefix, excluded)
     write_query_set(query_set, args.output)
     return _report(query_set, args.output)
 
@@ -205,7 +211,7 @@ def _filter(args) -> int:
     from retrieval_kd.queries import apply_filters, merge_query_sets, read_query_set, write_query_set
 
     collection = load_collection(args.dataset)
-    _check_output(args, collection)  # a --queries file may be --output: read whole first, then replaced atomically
+    _check_output(args, collection, query_sets=tuple(args.queries), in_place=True)
     if len({path.resolve() for path in args.queries}) < len(args.queries):
         raise ConfigError(f"--queries {' '.join(map(str, args.queries))}: a file is named twice")
     sets = [read_query_set(path, collection) for path in args.queries]

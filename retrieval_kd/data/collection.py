@@ -62,6 +62,25 @@ class Collection:
     conventions: Conventions = field(default_factory=Conventions)
     manifest: Manifest | None = None
 
+    def source_of(self, path: str | os.PathLike) -> Path | None:
+        """The file of this collection that writing ``path`` would replace or shadow, else None: its corpus, queries
+        or a qrels file, their gzipped / plain twins, and, beside them, any name the BEIR layout looks for
+        (``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``, ``queries.tsv``, ``qrels/*.tsv*``), which a later load
+        would read in their place."""
+        target = Path(path).resolve()
+        files = [Path(f) for f in (getattr(self.corpus, "path", None), self.queries_path, *self.qrels_paths.values())
+                 if f is not None]
+        for f in files:
+            if target in {v.resolve() for v in _variants(f)}:
+                return f
+        for f in files[:2]:  # the folders the layout reads the corpus and queries from, and its qrels folder
+            folder = f.resolve().parent
+            if target.parent == folder and target.name in _LAYOUT_NAMES:
+                return f
+            if target.parent == folder / "qrels" and ".tsv" in target.name:
+                return next(iter(self.qrels_paths.values()), f)
+        return None
+
     @property
     def splits(self) -> list[str]:
         return list(self.qrels_paths)
@@ -144,8 +163,8 @@ def load_collection(ref: str, mirror: str | os.PathLike | None = None) -> Collec
 def load_beir_folder(path: str | os.PathLike, name: str | None = None) -> Collection:
     """A folder in BEIR layout: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
     path = Path(path)
-    corpus = _first_existing([path / "corpus.jsonl", path / "corpus.jsonl.gz"])
-    queries = _first_existing([path / "queries.jsonl", path / "queries.jsonl.gz", path / "queries.tsv"])
+    corpus = _first_existing([path / name for name in _LAYOUT_NAMES[:2]])
+    queries = _first_existing([path / name for name in _LAYOUT_NAMES[2:]])
     qrels = {p.name.split(".")[0]: p for p in sorted((path / "qrels").glob("*.tsv*"))}
     if corpus is None or queries is None or not qrels:
         raise DatasetUnavailableError(
@@ -153,6 +172,10 @@ def load_beir_folder(path: str | os.PathLike, name: str | None = None) -> Collec
             f"(found corpus={corpus is not None}, queries={queries is not None}, qrels splits={list(qrels)})"
         )
     return Collection(name or str(path), Corpus(corpus), queries, qrels)
+
+
+#: the file names :func:`load_beir_folder` looks for beside ``qrels/``
+_LAYOUT_NAMES = ("corpus.jsonl", "corpus.jsonl.gz", "queries.jsonl", "queries.jsonl.gz", "queries.tsv")
 
 
 def _first_existing(paths: list[Path]) -> Path | None:

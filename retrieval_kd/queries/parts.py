@@ -60,10 +60,14 @@ class BatchParts:
         found = self.folder / self.SETTINGS
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"{self.folder}: is a file, not the folder of a job's finished batches; move it away")
-        if self.folder.is_dir() and not found.is_file() and any(self.folder.iterdir()):
-            raise ConfigError(f"{self.folder}: this folder was not written by retrieval-kd (no {self.SETTINGS}) and "
-                              "is not empty; move it away or choose another output, its files are left as they are")
-        if restart and found.is_file():
+        if self.folder.is_dir() and not found.is_file():
+            ours = self._ours()
+            if len(ours) < sum(1 for _ in self.folder.iterdir()):
+                raise ConfigError(f"{self.folder}: this folder was not written by retrieval-kd (no {self.SETTINGS}) "
+                                  "and holds other files; move it away or choose another output, its files are left "
+                                  "as they are")
+            restart = True  # what a job killed while starting or removing it left: no settings to continue from
+        if restart and self.folder.is_dir():
             self.remove()
         if found.is_file():
             try:
@@ -109,7 +113,8 @@ class BatchParts:
         """Delete the job's files, then the folder if nothing else is in it (what someone else put there stays)."""
         if not self.folder.is_dir():
             return
-        for path in self._ours():
+        # the settings last: a removal killed half-way leaves a folder that still says it is ours
+        for path in sorted(self._ours(), key=lambda p: p.name == self.SETTINGS):
             path.unlink(missing_ok=True)
         try:
             self.folder.rmdir()
