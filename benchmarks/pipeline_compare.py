@@ -10,8 +10,8 @@ both when nothing before training changed its settings), ``dense-flat`` (the stu
 teacher reranking BM25's top-k) and ``sparse-inference-free``; evaluates them with ranx on the eval split and
 gives two-sided paired t-tests over the per-query nDCG@10: each student against its start and against BM25, the
 second experiment's student and teacher against the first's, and with ``--seed-mean`` (two seeds of one recipe)
-the mean of the two students, query by query, against the mean of their starts and against BM25. No training, no choice. Writes (merged, one
-entry per collection) the ``--output`` JSON.
+the mean of the two students, query by query, against the mean of their starts and against BM25. No training, no
+choice. Writes (merged, one entry per collection) the ``--output`` JSON.
 """
 
 from __future__ import annotations

@@ -68,12 +68,12 @@ class Collection:
         (``corpus.jsonl[.gz]``, ``queries.jsonl[.gz]``, ``queries.tsv``, ``qrels/*.tsv*``), which a later load
         would read in their place."""
         target = Path(path).resolve()
-        files = [Path(f) for f in (getattr(self.corpus, "path", None), self.queries_path, *self.qrels_paths.values())
-                 if f is not None]
+        anchors = [Path(f) for f in (getattr(self.corpus, "path", None), self.queries_path) if f is not None]
+        files = anchors + [Path(f) for f in self.qrels_paths.values()]
         for f in files:
             if target in {v.resolve() for v in _variants(f)}:
                 return f
-        for f in files[:2]:  # the folders the layout reads the corpus and queries from, and its qrels folder
+        for f in anchors:  # the folders the layout reads the corpus and queries from, and its qrels folder
             folder = f.resolve().parent
             if target.parent == folder and target.name in _LAYOUT_NAMES:
                 return f

@@ -656,11 +656,11 @@ def _validate_queries(config: PipelineConfig, given: set[str], where: str) -> No
     else:  # import
         if not q.path:
             raise ConfigError(f"{where}: queries.path: source import needs the file (or GPL folder) to import")
-        if not config_path(config, q.path).exists():
-            raise ConfigError(f"{where}: queries.path: {config_path(config, q.path)}: no such file or folder")
+        path = config_path(config, q.path)
+        if not path.exists():
+            raise ConfigError(f"{where}: queries.path: {path}: no such file or folder")
         if q.format not in IMPORT_FORMATS:
             raise ConfigError(f"{where}: queries.format must be one of {', '.join(IMPORT_FORMATS)}, got {q.format!r}")
-        path = config_path(config, q.path)
         try:  # auto: what the name says, as the run reads it
             fmt = detect_format(path) if q.format == "auto" else q.format
         except ConfigError as exc:

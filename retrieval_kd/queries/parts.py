@@ -5,8 +5,9 @@ A parts folder (``<output>.parts/``) holds ``settings.json`` (what the job was s
 there whole or not at all. A rerun with the same settings skips the batches that are there; one with other
 settings is refused (its finished batches would be mixed with new ones) unless ``restart`` drops them. The job
 removes the folder once its final file is written. Only what a job wrote is ever removed: a folder at that path
-without ``settings.json`` that holds anything is refused, and removing deletes the batches, the settings and the
-temporary files of killed writers, then the folder only if nothing else is left in it.
+without ``settings.json`` that holds files other than a job's own is refused (one holding only those, left by a job
+killed while starting or removing it, is started afresh), and removing deletes the batches, the temporary files of
+killed writers and the settings (last), then the folder only if nothing else is left in it.
 """
 
 from __future__ import annotations
