@@ -52,7 +52,7 @@ def main() -> None:
     ev = evals[0][0]
     collection = load_collection(ev["dataset"])
     qrels = collection.qrels(ev["split"])
-    level = collection.conventions.relevance_level
+    conv = collection.conventions_for(ev["split"])  # as the pipeline's evaluate stage judged them
     name = ev.get("name") or f"{Path(ev['dataset']).name}-{ev['split']}"
 
     scores, per_query = {}, {}
@@ -61,7 +61,8 @@ def main() -> None:
             path = exp / "runs" / name / f"{run}.run"
             if not path.is_file():
                 continue
-            result = evaluate(qrels, read_run(path), ["ndcg@10", "recall@100"], level)
+            result = evaluate(qrels, read_run(path), ["ndcg@10", "recall@100"], conv.relevance_level,
+                              bool(conv.ignore_identical_ids))
             scores[f"{label}.{run}"] = {m: round(v, 4) for m, v in result.scores.items()}
             per_query[f"{label}.{run}"] = result.per_query["ndcg@10"]
 

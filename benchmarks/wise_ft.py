@@ -62,7 +62,7 @@ def main() -> None:
         collection = load_collection(ev["dataset"])
         split = ev.get("split", "test")
         queries, qrels = collection.queries(split), collection.qrels(split)
-        conv = collection.conventions
+        conv = collection.conventions_for(split)
         runs_dir = exp / "runs" / ev["name"]
 
         def scored(run, qrels=qrels, conv=conv):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
+import math
 from collections import namedtuple
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 from retrieval_kd.data import DatasetUnavailableError, get_manifest, list_datasets, load_collection, register
 from retrieval_kd.data.download import ChecksumError
 from retrieval_kd.data.registry import FileSpec, Manifest
+
+from .conftest import write_jsonl
 
 
 def test_registered_names():
@@ -112,6 +116,46 @@ def test_beir_folder(tiny_beir):
     assert set(c.queries()) == {"q1", "q2", "q3"}
 
 
+def _numbered(folder: Path, queries: list[str], docs: list[str]) -> Path:
+    """A BEIR folder whose query i and document i share the id str(i) (as in ArguAna, or by chance, Cranfield)."""
+    write_jsonl(folder / "corpus.jsonl", [{"_id": str(i), "title": "", "text": t} for i, t in enumerate(docs)])
+    write_jsonl(folder / "queries.jsonl", [{"_id": str(i), "text": t} for i, t in enumerate(queries)])
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n0\t2\t1\n1\t2\t1\n")
+    return folder
+
+
+DOCS = ["Zoos should close: animals suffer in cages.", "Nuclear power is clean.", "Zoos protect rare species."]
+
+
+def test_identical_ids_are_dropped_only_where_queries_are_their_documents(tmp_path, capsys):
+    from retrieval_kd.cli.main import main
+
+    # ArguAna-like: each query is the text of its own document (punctuation and case aside)
+    arguana = _numbered(tmp_path / "arguana", ["zoos should close animals suffer in cages", "Nuclear power is clean"],
+                        DOCS)
+    # Cranfield-like: query 0 and document 0 share an id by chance
+    numbered = _numbered(tmp_path / "numbered", ["why keep zoos open", "is nuclear power clean"], DOCS)
+    assert load_collection(str(arguana)).conventions.ignore_identical_ids is None  # decided from the data
+    assert load_collection(str(arguana)).conventions_for("test").ignore_identical_ids is True
+    assert load_collection(str(numbered)).conventions_for("test").ignore_identical_ids is False
+    assert get_manifest("cranfield").conventions.ignore_identical_ids is False  # a registered set's manifest says
+
+    run = tmp_path / "r.run"  # each query's own id first, the relevant document 2 second
+    run.write_text("0 Q0 0 1 2.0 x\n0 Q0 2 2 1.0 x\n1 Q0 1 1 2.0 x\n1 Q0 2 2 1.0 x\n")
+    scores = {}
+    for name, folder, extra in [("arguana", arguana, []), ("numbered", numbered, []),
+                                ("arguana-kept", arguana, ["--no-ignore-identical-ids"])]:
+        out = tmp_path / f"{name}.json"
+        assert main(["eval", "--dataset", str(folder), "--split", "test", "--run", str(run), "--metrics",
+                     "ndcg@10", "--output-json", str(out), *extra]) == 0
+        scores[name] = json.loads(out.read_text())["ndcg@10"]
+    capsys.readouterr()
+    assert scores["arguana"] == pytest.approx(1.0)  # own id dropped: document 2 first
+    assert scores["numbered"] == pytest.approx(1 / math.log2(3))  # a different document 0 stays ranked first
+    assert scores["arguana-kept"] == pytest.approx(1 / math.log2(3))
+
+
 def test_not_beir_layout(tmp_path):
     (tmp_path / "queries.jsonl").write_text("")
     with pytest.raises(DatasetUnavailableError, match="not in BEIR layout"):
@@ -161,7 +205,7 @@ class FakeIrds:
 
 
 def test_irds_adapter_exports_beir_layout():
-    from retrieval_kd.data.irds import load_irds
+    from retrieval_kd.data.collection import load_irds
 
     c = load_irds("beir/fake/test", dataset=FakeIrds())
     assert c.name == "irds:beir/fake/test"

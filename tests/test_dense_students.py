@@ -248,7 +248,7 @@ def test_tiny_end_to_end_lowers_the_loss_and_saves_a_plain_sentence_transformer(
         """The Margin-MSE of a model over every teacher-scored pair (fixed set, unlike the sampled batches)."""
         from retrieval_kd.data import load_collection
         from retrieval_kd.students.data import pair_dataset
-        from retrieval_kd.students.dense import resolve_teacher_scores
+        from retrieval_kd.teachers.store import resolve_teacher_scores
 
         c = load_collection(config.data.dataset)
         _, run = resolve_teacher_scores(config.data.store, "ensemble", c.qrels("train"))

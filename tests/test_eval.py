@@ -53,6 +53,13 @@ def test_ignore_identical_ids():
     assert evaluate(qrels, run, ["mrr@10"], ignore_identical_ids=True).scores["mrr@10"] == pytest.approx(1.0)
 
 
+def test_ignore_identical_ids_keeps_a_judged_self_match():
+    # both judged relevant: kept, nDCG@10 = 1; dropping q1 would leave d1 alone: 1 / (1 + 1 / log2(3)) = 0.6131
+    qrels = {"q1": {"q1": 1, "d1": 1}}
+    run = {"q1": {"q1": 9.0, "d1": 1.0}}
+    assert evaluate(qrels, run, ["ndcg@10"], ignore_identical_ids=True).scores["ndcg@10"] == pytest.approx(1.0)
+
+
 def test_compare_reports_significance():
     qrels = {f"q{i}": {"good": 1} for i in range(30)}
     good = {q: {"good": 2.0, "bad": 1.0} for q in qrels}

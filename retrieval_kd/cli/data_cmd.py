@@ -55,12 +55,15 @@ def _check(args) -> int:
     for split in c.splits:
         qrels = c.qrels(split)
         n = sum(len(v) for v in qrels.values())
-        print(f"  qrels    {split}: {len(qrels)} queries, {n} judgements ({c.qrels_paths[split]})")
+        conv = c.conventions_for(split)
+        own = "dropped" if conv.ignore_identical_ids else "kept"
+        print(f"  qrels    {split}: {len(qrels)} queries, {n} judgements ({c.qrels_paths[split]}); binary relevance "
+              f">= {conv.relevance_level}, a query's own id {own} from its results")
     if c.manifest is not None:
         specs = [c.manifest.corpus, c.manifest.queries, *c.manifest.qrels.values()]
         specs = [s for s in specs if s is not None]
         checked = sum(1 for s in specs if s.sha256)
         print(f"  sha256   {checked} of {len(specs)} files match the manifest"
               + (" (the others have no checksum recorded)" if checked < len(specs) else ""))
-    print(f"  conventions: {c.conventions}")
+    print(f"  metrics  {', '.join(c.conventions.metrics)}")
     return 0

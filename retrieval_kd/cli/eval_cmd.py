@@ -22,8 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics", nargs="+", default=None, help="ranx metric names (default: the dataset's)")
     p.add_argument("--rel-level", type=int, default=None,
                    help="minimum grade binary measures count as relevant (default: the dataset's; TREC DL: 2)")
-    p.add_argument("--ignore-identical-ids", action="store_true", default=None,
-                   help="drop each query's own id from its results (BEIR ArguAna, Quora)")
+    p.add_argument("--ignore-identical-ids", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop each query's own id from its results, as BEIR does for ArguAna and Quora (default: the "
+                        "dataset's convention; a BEIR folder: when its queries are its documents)")
     p.add_argument("--output-json", type=Path, default=None,
                    help="mean scores as JSON ({metric: value}; {run: {metric: value}} for several runs)")
     p.add_argument("--per-query", type=Path, default=None, help="per-query scores as JSON")
@@ -40,10 +41,10 @@ def _eval(args) -> int:
     if args.metrics:
         validate_metrics(args.metrics)  # before loading anything
     collection = load_collection(args.dataset)
-    conv = collection.conventions
+    conv = collection.conventions_for(args.split) if args.ignore_identical_ids is None else collection.conventions
     metrics = validate_metrics(args.metrics or list(conv.metrics))
     level = args.rel_level if args.rel_level is not None else conv.relevance_level
-    ignore_ids = conv.ignore_identical_ids if args.ignore_identical_ids is None else args.ignore_identical_ids
+    ignore_ids = bool(conv.ignore_identical_ids if args.ignore_identical_ids is None else args.ignore_identical_ids)
     qrels = collection.qrels(args.split)
     top = max((g for docs in qrels.values() for g in docs.values()), default=0)
     if level > top:  # every binary measure would be 0 without a word

@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,6 +27,7 @@ from pathlib import Path
 from retrieval_kd.data.corpus import Corpus
 from retrieval_kd.data.download import ChecksumError, URLError, download, extract_zip
 from retrieval_kd.data.formats import DataFormatError, Qrels, read_qrels, read_queries
+from retrieval_kd.data.irds import irds_folder
 from retrieval_kd.data.registry import Conventions, FileSpec, Manifest, get_manifest, list_datasets
 from retrieval_kd.errors import IntegrityError, UnavailableError
 from retrieval_kd.paths import cache_dir
@@ -32,7 +35,7 @@ from retrieval_kd.utils.fs import sha256_memo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Collection", "DatasetUnavailableError", "load_collection", "MIRROR_ENV"]
+__all__ = ["Collection", "DatasetUnavailableError", "load_beir_folder", "load_collection", "load_irds", "MIRROR_ENV"]
 
 MIRROR_ENV = "RKD_DATA_MIRROR"
 _DIGESTS = "file-digests.json"
@@ -117,6 +120,34 @@ class Collection:
             self._qrels_cache[split] = qrels
         return self._qrels_cache[split]
 
+    def conventions_for(self, split: str) -> Conventions:
+        """The conventions ``split`` is evaluated by, with ``ignore_identical_ids`` decided when it is None.
+
+        BEIR's evaluation drops a query's own id from its results because in ArguAna and Quora the queries are
+        documents of the corpus, with the same id and text, which every retriever would rank first. A folder loaded
+        by path says nothing, and dropping by id alone would be wrong where ids merely coincide (Cranfield's or
+        CISI's numbered queries and documents). So the data decides: the query's own id is dropped when most of the
+        split's queries whose id is also a document id are that document (their text equals or lies inside it)."""
+        conv = self.conventions
+        if conv.ignore_identical_ids is not None:
+            return conv
+        return dataclasses.replace(conv, ignore_identical_ids=self._queries_are_documents(split))
+
+    def _queries_are_documents(self, split: str) -> bool:
+        if self.corpus is None:
+            return False
+        texts = self.queries(split)
+        shared = [q for q in texts if q in self.corpus]
+        if not shared:
+            return False
+        same = sum(bool(n) and n in _normal(d)
+                   for n, d in zip((_normal(texts[q]) for q in shared), self.corpus.texts(shared)))
+        decided = 2 * same > len(shared)
+        logger.info("%s/%s: %d of the %d queries whose id is a document id are that document; their own id is %s "
+                    "their results", self.name, split, same, len(shared),
+                    "dropped from" if decided else "kept in")
+        return decided
+
     def queries(self, split: str | None = None) -> dict[str, str]:
         """Queries judged in ``split`` (as BEIR's loader returns them), or all queries when split is None."""
         if split is None:
@@ -146,8 +177,6 @@ def load_collection(ref: str, mirror: str | os.PathLike | None = None) -> Collec
         KeyError: the reference is neither registered, nor a folder, nor an ir_datasets id.
     """
     if ref.startswith("irds:"):
-        from retrieval_kd.data.irds import load_irds
-
         return load_irds(ref[len("irds:"):])
     if ref in list_datasets():
         return _load_registered(get_manifest(ref), mirror)
@@ -160,8 +189,27 @@ def load_collection(ref: str, mirror: str | os.PathLike | None = None) -> Collec
     )
 
 
-def load_beir_folder(path: str | os.PathLike, name: str | None = None) -> Collection:
-    """A folder in BEIR layout: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+def load_irds(dataset_id: str, dataset=None) -> Collection:
+    """An ir_datasets id (without ``irds:``) as a collection, from its export in the cache (``dataset`` may be
+    passed in directly, e.g. in tests). BEIR's collections (``beir/...``) follow its identical-id rule, decided from
+    the data; the others TREC's, which drops nothing."""
+    folder = irds_folder(dataset_id, dataset)
+    name = f"irds:{dataset_id}"
+    if (folder / "corpus.jsonl").exists() and (folder / "qrels").exists():
+        beir = dataset_id.startswith("beir/")
+        return load_beir_folder(folder, name, Conventions(ignore_identical_ids=None if beir else False))
+    corpus = Corpus(folder / "corpus.jsonl") if (folder / "corpus.jsonl").exists() else None
+    qrels = {p.stem: p for p in (folder / "qrels").glob("*.tsv")} if (folder / "qrels").exists() else {}
+    queries = folder / "queries.jsonl" if (folder / "queries.jsonl").exists() else None
+    return Collection(name, corpus, queries, qrels)
+
+
+def load_beir_folder(path: str | os.PathLike, name: str | None = None,
+                     conventions: Conventions | None = None) -> Collection:
+    """A folder in BEIR layout: ``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+    ``conventions`` default to BEIR's with the identical-id rule decided from the data
+    (:meth:`Collection.conventions_for`)."""
     path = Path(path)
     corpus = _first_existing([path / name for name in _LAYOUT_NAMES[:2]])
     queries = _first_existing([path / name for name in _LAYOUT_NAMES[2:]])
@@ -171,11 +219,16 @@ def load_beir_folder(path: str | os.PathLike, name: str | None = None) -> Collec
             f"{path} is not in BEIR layout: it needs corpus.jsonl[.gz], queries.jsonl and qrels/<split>.tsv "
             f"(found corpus={corpus is not None}, queries={queries is not None}, qrels splits={list(qrels)})"
         )
-    return Collection(name or str(path), Corpus(corpus), queries, qrels)
+    return Collection(name or str(path), Corpus(corpus), queries, qrels,
+                      conventions or Conventions(ignore_identical_ids=None))
 
 
 #: the file names :func:`load_beir_folder` looks for beside ``qrels/``
 _LAYOUT_NAMES = ("corpus.jsonl", "corpus.jsonl.gz", "queries.jsonl", "queries.jsonl.gz", "queries.tsv")
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.casefold()))
 
 
 def _first_existing(paths: list[Path]) -> Path | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from retrieval_kd.errors import RkdError
+from retrieval_kd.utils.fs import atomic_write  # re-exported: most writers import it from here
 
 logger = logging.getLogger(__name__)
 
@@ -323,63 +324,6 @@ def read_run(path: str | os.PathLike) -> Run:
     if not run:
         raise DataFormatError(f"{path}: holds no results (the file is empty); a run file needs at least one line")
     return run
-
-
-class atomic_write:  # noqa: N801 - used like open()
-    """Context manager writing a file atomically: a temporary file in the same folder, renamed on success.
-
-    A crash or kill leaves either the old file or the complete new one, never a torn file; the temporary file
-    of a killed writer (``.<name>.<pid>.<random>.tmp``) is removed by the next write of the same file.
-    ``gzip=True`` (or a ``.gz`` suffix) compresses.
-    """
-
-    def __init__(self, path: str | os.PathLike, mode: str = "w", gzip_output: bool | None = None):
-        self.path = Path(path)
-        self.mode = mode
-        self.gzip = self.path.suffix == ".gz" if gzip_output is None else gzip_output
-
-    def __enter__(self):
-        from retrieval_kd.utils.fs import sweep_stale_temps, temp_name
-
-        if self.path.is_dir():  # refused before anything is written (os.replace would fail at the end)
-            raise IsADirectoryError(21, "Is a directory", str(self.path))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temps(self.path)  # what killed writers of this file left behind
-        self.tmp = str(temp_name(self.path))
-        raw = open(self.tmp, "xb")
-        self._raw = raw
-        if self.gzip:
-            # mtime=0 keeps gzip output byte-identical across runs
-            self._gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
-            target = self._gz
-        else:
-            self._gz = None
-            target = raw
-        self._fh = io.TextIOWrapper(target, encoding="utf-8", newline="\n") if "b" not in self.mode else target
-        return self._fh
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if isinstance(self._fh, io.TextIOWrapper):
-                self._fh.flush()
-                self._fh.detach()
-            if self._gz is not None:
-                self._gz.close()
-            self._raw.flush()
-            os.fsync(self._raw.fileno())
-            self._raw.close()
-        except BaseException:
-            os.unlink(self.tmp)
-            raise
-        if exc_type is not None:
-            os.unlink(self.tmp)
-            return False
-        try:
-            os.replace(self.tmp, self.path)
-        except BaseException:
-            os.unlink(self.tmp)
-            raise
-        return False
 
 
 def write_run(run: Mapping[str, Mapping[str, float]], path: str | os.PathLike, tag: str = "retrieval-kd") -> Path:

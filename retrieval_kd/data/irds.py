@@ -16,7 +16,7 @@ from retrieval_kd.data.formats import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_irds", "export_irds"]
+__all__ = ["export_irds", "irds_folder"]
 
 _SPLITS = {"train", "dev", "test", "validation", "val", "eval"}
 
@@ -63,21 +63,13 @@ def export_irds(dataset, folder: Path, split: str) -> Path:
     return folder
 
 
-def load_irds(dataset_id: str, dataset=None):
-    """Load ``dataset_id`` through ir_datasets (``dataset`` may be passed in directly, e.g. in tests)."""
-    from retrieval_kd.data.collection import Collection, load_beir_folder
-    from retrieval_kd.data.corpus import Corpus
+def irds_folder(dataset_id: str, dataset=None) -> Path:
+    """The BEIR-layout folder of ``dataset_id``, exported once into the cache (``dataset`` may be passed in
+    directly, e.g. in tests). :func:`~retrieval_kd.data.collection.load_collection` reads it as a collection."""
     from retrieval_kd.paths import cache_dir
 
     if dataset is None:
         import ir_datasets
 
         dataset = ir_datasets.load(dataset_id)
-    split = _split_of(dataset_id)
-    folder = export_irds(dataset, cache_dir() / "irds" / dataset_id.replace("/", "__"), split)
-    if (folder / "corpus.jsonl").exists() and (folder / "qrels").exists():
-        return load_beir_folder(folder, name=f"irds:{dataset_id}")
-    corpus = Corpus(folder / "corpus.jsonl") if (folder / "corpus.jsonl").exists() else None
-    qrels = {p.stem: p for p in (folder / "qrels").glob("*.tsv")} if (folder / "qrels").exists() else {}
-    queries = folder / "queries.jsonl" if (folder / "queries.jsonl").exists() else None
-    return Collection(f"irds:{dataset_id}", corpus, queries, qrels)
+    return export_irds(dataset, cache_dir() / "irds" / dataset_id.replace("/", "__"), _split_of(dataset_id))

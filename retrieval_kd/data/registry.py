@@ -45,12 +45,14 @@ class Conventions:
 
     Args:
         relevance_level: minimum grade that binary measures (MRR, MAP, Recall, P) count as relevant.
-        ignore_identical_ids: drop a query's own id from its results (BEIR does this for ArguAna and Quora).
+        ignore_identical_ids: drop a query's own id from its results (BEIR does this for ArguAna and Quora, whose
+            queries are documents of their corpus). None: decide from the data
+            (:meth:`~retrieval_kd.data.collection.Collection.conventions_for`), as for a BEIR folder loaded by path.
         metrics: the measures reported by default, in ranx names.
     """
 
     relevance_level: int = 1
-    ignore_identical_ids: bool = False
+    ignore_identical_ids: bool | None = False
     metrics: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100", "recall@1000", "map")
 
 

@@ -5,7 +5,8 @@
   relevant (TREC DL passage: 2). ranx expresses that with its ``-l<level>`` suffix; results keep plain names.
 * Queries: only judged queries are evaluated, and a judged query missing from the run scores 0 (ranx
   ``make_comparable``), as ``trec_eval -c`` does.
-* BEIR removes a query's own id from its results for ArguAna and Quora: ``ignore_identical_ids``.
+* BEIR removes a query's own id from its results for ArguAna and Quora, whose queries are documents of the corpus:
+  ``ignore_identical_ids`` (here never where the qrels judge that document relevant).
 * Inputs are checked, never silently wrong: :func:`validate_metrics` refuses unknown metric names and bad cutoffs
   (:class:`~retrieval_kd.errors.ConfigError`); a NaN/inf score or a fractional grade is a
   :class:`~retrieval_kd.data.formats.DataFormatError`; :func:`check_run` refuses a run that shares no query with
@@ -179,13 +180,16 @@ def _prepare(
 
     qrels_clean = {q: {d: _grade(q, d, r) for d, r in docs.items()} for q, docs in qrels.items() if docs}
     run_clean: dict[str, dict[str, float]] = {}
-    removed = 0
+    removed = kept = 0
     for qid, docs in run.items():
         if qid not in qrels_clean:
             continue
         if ignore_identical_ids and qid in docs:
-            docs = {d: s for d, s in docs.items() if d != qid}
-            removed += 1
+            if qrels_clean[qid].get(qid, 0) > 0:  # judged relevant: dropping it would lose a relevant document
+                kept += 1
+            else:
+                docs = {d: s for d, s in docs.items() if d != qid}
+                removed += 1
         if docs:
             scores = {d: float(s) for d, s in docs.items()}
             if not math.isfinite(sum(scores.values())):
@@ -196,6 +200,9 @@ def _prepare(
             run_clean[qid] = scores
     if removed:
         logger.info("removed the query's own id from the results of %d queries (ignore_identical_ids)", removed)
+    if kept:
+        logger.warning("%d queries judge their own id relevant: it stays in their results (ignore_identical_ids "
+                       "drops a query's own id only where it is not judged relevant)", kept)
     unjudged = len(set(run) - set(qrels_clean))
     if unjudged:
         logger.info("%d run queries have no judgements and are not evaluated", unjudged)
@@ -231,7 +238,8 @@ def evaluate(
         run: ``{qid: {doc_id: score}}``.
         metrics: ranx metric names (``ndcg@10``, ``mrr@10``, ``recall@1000``, ``map``, ``precision@10`` ...).
         relevance_level: minimum grade binary measures count as relevant.
-        ignore_identical_ids: drop each query's own id from its results first (BEIR ArguAna, Quora).
+        ignore_identical_ids: drop each query's own id from its results first (BEIR ArguAna, Quora), unless the
+            qrels judge it relevant.
 
     Returns:
         Mean and per-query scores, keyed by the metric names as given.

@@ -49,8 +49,11 @@ from retrieval_kd.index.dense import INDEX_TYPES as _INDEX_KINDS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalSet", "PipelineConfig", "QueriesConfig", "collection_name", "load_pipeline_config", "check_dataset_ref",
-           "check_split", "needs_train_split", "resolved_encoding", "slug"]
+__all__ = ["EvalSet", "PipelineConfig", "QueriesConfig", "STAGE_ORDER", "collection_name", "current_check",
+           "load_pipeline_config", "check_dataset_ref", "check_split", "needs_train_split", "resolved_encoding", "slug"]
+
+#: the pipeline's stages, in the order they run (the config selects among them)
+STAGE_ORDER = ("queries", "mine", "teach", "train-dense", "train-sparse", "index", "retrieve", "evaluate", "report")
 
 #: what ``teachers.fit_on`` fits the ensemble's weights on: the training split's qrels, the made-up queries' sources,
 #: or sentences cut out of the corpus's documents (the inverse cloze task, :mod:`retrieval_kd.teachers.ict_weights`)
@@ -919,3 +922,14 @@ def student_config(config: PipelineConfig, kind: str):
             raise ValueError(f"set: {key} is decided by the pipeline ({forced[key]})")
     loader = load_config if kind == "dense" else load_sparse_config
     return loader(path, overrides)
+
+
+def current_check(cfg: PipelineConfig, teach_summary: dict) -> dict | None:
+    """The teach stage's ``teacher_vs_start``, if it was made against the dense student's present start (None when
+    there is none, no dense student, or the start changed since the stage ran)."""
+    from retrieval_kd.models.resolve import same_model
+
+    check = teach_summary.get("teacher_vs_start")
+    if not check or cfg.students.dense is None:
+        return None
+    return check if same_model(check["start"], student_config(cfg, "dense").model) else None

@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from retrieval_kd.pipeline.config import PipelineConfig
+from retrieval_kd.pipeline.config import STAGE_ORDER, PipelineConfig, current_check
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,6 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
 
     work = Path(work)
     metrics = _load(work / "metrics.json", {})
-    from retrieval_kd.pipeline.stages import STAGE_ORDER
-
     markers = {n: _load(work / "stages" / f"{n}.json") for n in STAGE_ORDER if (work / "stages" / f"{n}.json").exists()}
     teach = (markers.get("teach") or {}).get("summary", {})
     logs = {k: _load(work / "models" / f"{k}-log.json", []) for k in ("dense", "sparse")}
@@ -282,8 +280,6 @@ def write_report(work: Path, config: PipelineConfig) -> Path:
                          f"normalisation {config.teachers.normalization}")
         elif not weights and len(teach.get("members", [])) > 1:
             lines.append(f"- equal weights (none fitted: no labels used); normalisation {config.teachers.normalization}")
-        from retrieval_kd.pipeline.stages import current_check
-
         check = current_check(config, teach)  # None when stale: the start changed since the teach stage ran
         if check:
             verdict = ("clearly better" if check["clear"] else

@@ -35,6 +35,7 @@ from retrieval_kd.pipeline.config import (
     PipelineConfig,
     collection_name,
     config_path,
+    current_check,
     fits_weights,
     resolved_encoding,
     slug,
@@ -43,9 +44,7 @@ from retrieval_kd.pipeline.config import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Context", "STAGE_ORDER", "encoder_kinds", "encoding_fingerprint", "encoding_record", "teacher_member"]
-
-STAGE_ORDER = ("queries", "mine", "teach", "train-dense", "train-sparse", "index", "retrieve", "evaluate", "report")
+__all__ = ["Context", "encoder_kinds", "encoding_fingerprint", "encoding_record", "teacher_member"]
 
 
 @dataclass
@@ -295,17 +294,6 @@ def _teacher_vs_start(cfg, members, fit) -> dict | None:
                        "DL 2019, where the start was trained, it did; README)", start, fit.ndcg,
                        fit.members_ndcg[at], p)
     return check
-
-
-def current_check(cfg: PipelineConfig, teach_summary: dict) -> dict | None:
-    """The teach stage's ``teacher_vs_start``, if it was made against the dense student's present start (None when
-    there is none, no dense student, or the start changed since the stage ran)."""
-    from retrieval_kd.models.resolve import same_model
-
-    check = teach_summary.get("teacher_vs_start")
-    if not check or cfg.students.dense is None:
-        return None
-    return check if same_model(check["start"], student_config(cfg, "dense").model) else None
 
 
 def teach(ctx: Context) -> dict:
@@ -640,7 +628,7 @@ def evaluate_runs(ctx: Context) -> dict:
     out: dict = {}
     for ev in cfg.eval:
         coll = ctx.collection(ev.dataset)
-        qrels, conv = coll.qrels(ev.split), coll.conventions
+        qrels, conv = coll.qrels(ev.split), coll.conventions_for(ev.split)
         runs = {p.stem: read_run(p) for p in sorted(ctx.runs_dir(ev.name).glob("*.run"))}
         for name, run in runs.items():  # a run of another corpus or query set would evaluate to 0 silently
             check_run(run, qrels, coll.corpus, source=str(ctx.runs_dir(ev.name) / f"{name}.run"))
@@ -655,7 +643,7 @@ def evaluate_runs(ctx: Context) -> dict:
                 # NaN (a ranking identical to BM25's) is stored as null: metrics.json stays strict JSON
                 rows[name]["p_vs_bm25"] = {m: (None if p != p else p) for m, p in p_values.items()}
         out[ev.name] = {"dataset": ev.dataset, "split": ev.split, "relevance_level": conv.relevance_level,
-                        "runs": rows}
+                        "ignore_identical_ids": conv.ignore_identical_ids, "runs": rows}
     _write_json(ctx.work / "metrics.json", out)
     return {ev: {n: r["scores"].get(cfg.metrics[0]) for n, r in v["runs"].items()} for ev, v in out.items()}
 

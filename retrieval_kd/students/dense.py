@@ -28,7 +28,7 @@ from retrieval_kd.students.config import DenseTrainingConfig
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainingData", "cpu_precision", "keep_start", "last_dev_metrics", "prepare_training_data",
-           "resolve_teacher_scores", "resume_point", "train_dense", "train_from", "training_precision"]
+           "resume_point", "train_dense", "train_from", "training_precision"]
 
 
 def cpu_precision(config: DenseTrainingConfig) -> dict[str, bool]:
@@ -57,17 +57,6 @@ def cpu_precision(config: DenseTrainingConfig) -> dict[str, bool]:
 def training_precision(args) -> str:
     """``bf16``, ``fp16`` or ``fp32``: what the trainer's arguments compute in (for the summary)."""
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-
-
-def resolve_teacher_scores(store_dir: str | os.PathLike, teacher: str, query_ids) -> tuple[str, dict]:
-    """``(fingerprint, {qid: {did: score}})`` of one teacher in a score store."""
-    from retrieval_kd.teachers import ScoreStore
-
-    if not Path(store_dir, ScoreStore.MAIN).exists():
-        raise FileNotFoundError(f"{store_dir}: no score store; create it with `rkd teach ... --store {store_dir}`")
-    with ScoreStore(store_dir) as store:
-        fingerprint = store.resolve(teacher)
-        return fingerprint, store.get(fingerprint, qids=list(query_ids))
 
 
 @dataclass
@@ -100,6 +89,7 @@ def prepare_training_data(config: DenseTrainingConfig, collection=None) -> Train
     from retrieval_kd.data import load_collection
     from retrieval_kd.students.data import pair_dataset, split_dev
     from retrieval_kd.students.sampler import tas_sampler
+    from retrieval_kd.teachers.store import resolve_teacher_scores
 
     collection = collection or load_collection(config.data.dataset)
     label_free = None

@@ -60,7 +60,7 @@ class LabelFreeInputs:
 def label_free_inputs(data, collection) -> LabelFreeInputs:
     """Queries, pseudo-qrels and teacher scores of a run on ``data`` (a :class:`DataConfig`, positives not qrels)."""
     from retrieval_kd.queries import pseudo_qrels, read_query_set
-    from retrieval_kd.students.dense import resolve_teacher_scores
+    from retrieval_kd.teachers.store import resolve_teacher_scores
 
     level = max(1, collection.conventions.relevance_level)
     query_set = None

@@ -33,7 +33,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScoreStore"]
+__all__ = ["ScoreStore", "resolve_teacher_scores"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS teachers (
@@ -262,3 +262,12 @@ class ScoreStore:
         added = self.count() - before
         logger.info("merged shards into %s: %d rows added", self.file, added)
         return added
+
+
+def resolve_teacher_scores(store_dir: str | os.PathLike, teacher: str, query_ids) -> tuple[str, dict]:
+    """``(fingerprint, {qid: {did: score}})`` of one teacher in a score store."""
+    if not Path(store_dir, ScoreStore.MAIN).exists():
+        raise FileNotFoundError(f"{store_dir}: no score store; create it with `rkd teach ... --store {store_dir}`")
+    with ScoreStore(store_dir) as store:
+        fingerprint = store.resolve(teacher)
+        return fingerprint, store.get(fingerprint, qids=list(query_ids))

@@ -1,5 +1,6 @@
 """Files and folders that are never torn, never mixed up and never someone else's: one helper for each job.
 
+* :class:`atomic_write` writes a file like ``open()``, through a temporary file renamed in on success.
 * :func:`atomic_folder` writes an output folder (an index, a student, an exported dataset) aside and swaps it in:
   build in ``.<name>.<pid>.<rand>.tmp``, rename the old folder away, rename the new one in, delete the old. A
   crash at any point leaves the old folder or the new one whole (a crash between the two renames leaves the old
@@ -24,6 +25,7 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,7 +40,7 @@ from retrieval_kd.errors import FolderExistsError, LockedError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MARKER", "FOLDER_KINDS", "atomic_folder", "check_output_folder", "folder_kind", "recover_folder",
+__all__ = ["MARKER", "FOLDER_KINDS", "atomic_folder", "atomic_write", "check_output_folder", "folder_kind", "recover_folder",
            "file_lock", "sweep_stale_temps", "temp_name", "sha256_file", "sha256_memo"]
 
 MARKER = "rkd_folder.json"
@@ -53,6 +55,62 @@ FOLDER_KINDS = {
     "exported-model": "an encoder exported to ONNX (rkd export-model)",
 }
 _CHUNK = 1 << 20
+
+
+# -- files -------------------------------------------------------------------------------------------------------
+class atomic_write:  # noqa: N801 - used like open()
+    """Context manager writing a file atomically: a temporary file in the same folder, renamed on success.
+
+    A crash or kill leaves either the old file or the complete new one, never a torn file; the temporary file
+    of a killed writer (``.<name>.<pid>.<random>.tmp``) is removed by the next write of the same file.
+    ``gzip=True`` (or a ``.gz`` suffix) compresses.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "w", gzip_output: bool | None = None):
+        self.path = Path(path)
+        self.mode = mode
+        self.gzip = self.path.suffix == ".gz" if gzip_output is None else gzip_output
+
+    def __enter__(self):
+        if self.path.is_dir():  # refused before anything is written (os.replace would fail at the end)
+            raise IsADirectoryError(21, "Is a directory", str(self.path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(self.path)  # what killed writers of this file left behind
+        self.tmp = str(temp_name(self.path))
+        raw = open(self.tmp, "xb")
+        self._raw = raw
+        if self.gzip:
+            # mtime=0 keeps gzip output byte-identical across runs
+            self._gz = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+            target = self._gz
+        else:
+            self._gz = None
+            target = raw
+        self._fh = io.TextIOWrapper(target, encoding="utf-8", newline="\n") if "b" not in self.mode else target
+        return self._fh
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if isinstance(self._fh, io.TextIOWrapper):
+                self._fh.flush()
+                self._fh.detach()
+            if self._gz is not None:
+                self._gz.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
+        if exc_type is not None:
+            os.unlink(self.tmp)
+            return False
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
+        return False
 
 
 # -- hashing -----------------------------------------------------------------------------------------------------
@@ -308,8 +366,6 @@ def sha256_memo(path: str | os.PathLike, memo_file: str | os.PathLike, gunzip: b
     memo = {k: v for k, v in memo.items() if not (k.startswith(where) and k.endswith("|content") == gunzip)}
     memo[stamp] = digest
     try:
-        from retrieval_kd.data.formats import atomic_write
-
         with atomic_write(memo_file) as out:
             json.dump(memo, out, indent=0)
     except OSError as exc:  # a read-only cache: the digest is still right, only not remembered
