@@ -41,8 +41,9 @@ def main() -> None:
         run = index.search(queries, top_k=args.top_k, n_threads=1)
         t2 = time.perf_counter()
         write_run(run, ROOT / "runs" / f"{name}-{split}-bm25.run.gz", tag="bm25")
-        conv = collection.conventions
-        scores = evaluate(collection.qrels(split), run, conv.metrics, conv.relevance_level).scores
+        conv = collection.conventions_for(split)
+        scores = evaluate(collection.qrels(split), run, conv.metrics, conv.relevance_level,
+                          conv.ignore_identical_ids).scores
         rows[f"BM25 {name}/{split}"] = scores
         results[name] = {
             "split": split, "queries": len(queries), "relevance_level": conv.relevance_level, **scores,

@@ -52,7 +52,11 @@ def main() -> None:
     ev = evals[0][0]
     collection = load_collection(ev["dataset"])
     qrels = collection.qrels(ev["split"])
-    conv = collection.conventions_for(ev["split"])  # as the pipeline's evaluate stage judged them
+    conv = collection.conventions_for(ev["split"])
+    stored = json.loads((experiments[0] / "metrics.json").read_text()) if (experiments[0] / "metrics.json").is_file() \
+        else {}
+    ignore_ids = next((m["ignore_identical_ids"] for m in stored.values() if "ignore_identical_ids" in m),
+                      conv.ignore_identical_ids)  # as the pipeline's evaluate stage judged the runs
     name = ev.get("name") or f"{Path(ev['dataset']).name}-{ev['split']}"
 
     scores, per_query = {}, {}
@@ -62,7 +66,7 @@ def main() -> None:
             if not path.is_file():
                 continue
             result = evaluate(qrels, read_run(path), ["ndcg@10", "recall@100"], conv.relevance_level,
-                              bool(conv.ignore_identical_ids))
+                              bool(ignore_ids))
             scores[f"{label}.{run}"] = {m: round(v, 4) for m, v in result.scores.items()}
             per_query[f"{label}.{run}"] = result.per_query["ndcg@10"]
 

@@ -128,13 +128,14 @@ def main() -> None:
     for ref in args.datasets:
         collection = load_collection(ref)
         name = collection_name(ref)
-        conv = collection.conventions
+        conv = collection.conventions_for("test")
         teachers = [parse_teacher(spec) for spec in args.teachers]  # fresh per corpus: their caches key by doc id
         runs, seconds = score_split(collection, "test", teachers, args.work / name / "scores", args.top_k)
         qrels = collection.qrels("test")
 
-        def ndcg(run, qrels=qrels, level=conv.relevance_level):
-            return round(evaluate(qrels, run, ["ndcg@10"], level).scores["ndcg@10"], 4)
+        def ndcg(run, qrels=qrels, conv=conv):
+            return round(evaluate(qrels, run, ["ndcg@10"], conv.relevance_level,
+                                  conv.ignore_identical_ids).scores["ndcg@10"], 4)
 
         row = {n: ndcg(runs[n]) for n in names}
         row["ensemble"] = ndcg(EnsembleTeacher(teachers).combine([runs[n] for n in names]))

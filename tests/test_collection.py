@@ -121,7 +121,8 @@ def _numbered(folder: Path, queries: list[str], docs: list[str]) -> Path:
     write_jsonl(folder / "corpus.jsonl", [{"_id": str(i), "title": "", "text": t} for i, t in enumerate(docs)])
     write_jsonl(folder / "queries.jsonl", [{"_id": str(i), "text": t} for i, t in enumerate(queries)])
     (folder / "qrels").mkdir()
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n0\t2\t1\n1\t2\t1\n")
+    judged = "".join(f"{i}\t{len(docs) - 1}\t1\n" for i in range(len(queries)))  # each query: the last document
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + judged)
     return folder
 
 
@@ -154,6 +155,23 @@ def test_identical_ids_are_dropped_only_where_queries_are_their_documents(tmp_pa
     assert scores["arguana"] == pytest.approx(1.0)  # own id dropped: document 2 first
     assert scores["numbered"] == pytest.approx(1 / math.log2(3))  # a different document 0 stays ranked first
     assert scores["arguana-kept"] == pytest.approx(1 / math.log2(3))
+    out = tmp_path / "forced.json"  # by hand, the numbered folder's own ids go too
+    assert main(["eval", "--dataset", str(numbered), "--split", "test", "--run", str(run), "--metrics", "ndcg@10",
+                 "--output-json", str(out), "--ignore-identical-ids"]) == 0
+    assert json.loads(out.read_text())["ndcg@10"] == pytest.approx(1.0)
+    assert main(["data", "check", str(arguana)]) == 0
+    assert "a query's own id dropped from its results unless judged relevant" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("queries, dropped", [
+    (["zoos should close animals suffer in cages", "Nuclear power is clean", "why keep zoos open"], True),  # 2 of 3
+    (["zoos should close animals suffer in cages", "is nuclear power clean", "why keep zoos open"], False),  # 1 of 3
+    (["zoos", "nuclear power", "rare species"], False),  # fewer than 3 words occur in any text
+    (["oos should clo", "uclear power is clea", "oos protect rare speci"], False),  # inside words, not whole words
+])
+def test_the_identical_id_rule_needs_most_queries_to_be_their_documents(tmp_path, queries, dropped):
+    folder = _numbered(tmp_path / "beir", queries, DOCS)
+    assert load_collection(str(folder)).conventions_for("test").ignore_identical_ids is dropped
 
 
 def test_not_beir_layout(tmp_path):
@@ -208,6 +226,8 @@ def test_irds_adapter_exports_beir_layout():
     from retrieval_kd.data.collection import load_irds
 
     c = load_irds("beir/fake/test", dataset=FakeIrds())
+    assert c.conventions.ignore_identical_ids is None  # BEIR's collections: decided from the data
+    assert load_irds("fake/test", dataset=FakeIrds()).conventions.ignore_identical_ids is False  # TREC's: never
     assert c.name == "irds:beir/fake/test"
     assert c.splits == ["test"]
     assert c.qrels("test") == {"q1": {"d1": 1}}

@@ -205,7 +205,9 @@ def test_label_free_pipeline_end_to_end(label_free):
     assert "equal weights" in report and "trained in" in report
     assert report.count("saved as 0.5 x its starting model + 0.5 x the trained one") == 1   # the dense one only
     assert json.loads((work / "models" / "dense" / "rkd_training.json").read_text())["config"]["start_weight"] == 0.5
-    metrics = json.loads((work / "metrics.json").read_text())["lf-test"]["runs"]
+    evaluated = json.loads((work / "metrics.json").read_text())["lf-test"]
+    assert evaluated["ignore_identical_ids"] is False  # decided from the folder: its query ids are no document's
+    metrics = evaluated["runs"]
     assert {"bm25", "ensemble", "dense-flat", "sparse-inference-free"} <= set(metrics)
     # Distill-VQ would train on the made-up queries: no training split is read
     assert st._index_train_queries(st.Context(config)) == made.queries

@@ -56,9 +56,9 @@ def _check(args) -> int:
         qrels = c.qrels(split)
         n = sum(len(v) for v in qrels.values())
         conv = c.conventions_for(split)
-        own = "dropped" if conv.ignore_identical_ids else "kept"
+        own = "dropped from its results unless judged relevant" if conv.ignore_identical_ids else "kept in its results"
         print(f"  qrels    {split}: {len(qrels)} queries, {n} judgements ({c.qrels_paths[split]}); binary relevance "
-              f">= {conv.relevance_level}, a query's own id {own} from its results")
+              f">= {conv.relevance_level}, a query's own id {own}")
     if c.manifest is not None:
         specs = [c.manifest.corpus, c.manifest.queries, *c.manifest.qrels.values()]
         specs = [s for s in specs if s is not None]

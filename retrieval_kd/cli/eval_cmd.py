@@ -59,8 +59,9 @@ def _eval(args) -> int:
         runs[label] = read_run(path)
         check_run(runs[label], qrels, collection.corpus, source=str(path))
     results = {name: evaluate(qrels, run, metrics, level, ignore_ids) for name, run in runs.items()}
+    own = "dropped from their results unless judged relevant" if ignore_ids else "kept in their results"
     print(f"{collection.name} / {args.split}: {next(iter(results.values())).n_queries} judged queries, "
-          f"binary relevance >= {level}")
+          f"binary relevance >= {level}, queries' own ids {own}")
     print(to_markdown({name: r.scores for name, r in results.items()}, metrics))
     if len(runs) > 1:
         report = compare(qrels, runs, metrics, level, stat_test=args.stat_test, ignore_identical_ids=ignore_ids)

@@ -127,21 +127,29 @@ class Collection:
         documents of the corpus, with the same id and text, which every retriever would rank first. A folder loaded
         by path says nothing, and dropping by id alone would be wrong where ids merely coincide (Cranfield's or
         CISI's numbered queries and documents). So the data decides: the query's own id is dropped when most of the
-        split's queries whose id is also a document id are that document (their text equals or lies inside it)."""
+        split's queries whose id is also a document id are that document (their words, at least
+        ``MIN_SELF_WORDS`` of them, appear in it in order as whole words). The qrels still win: a self match they
+        judge relevant is never dropped (:func:`~retrieval_kd.eval.evaluate.evaluate`)."""
         conv = self.conventions
         if conv.ignore_identical_ids is not None:
             return conv
-        return dataclasses.replace(conv, ignore_identical_ids=self._queries_are_documents(split))
+        if split not in self._self_rule:
+            self._self_rule[split] = self._queries_are_documents(split)
+        return dataclasses.replace(conv, ignore_identical_ids=self._self_rule[split])
+
+    @cached_property
+    def _self_rule(self) -> dict[str, bool]:
+        return {}
 
     def _queries_are_documents(self, split: str) -> bool:
         if self.corpus is None:
             return False
         texts = self.queries(split)
-        shared = [q for q in texts if q in self.corpus]
+        ids = list(texts)
+        shared = [q for q, known in zip(ids, self.corpus.has(ids)) if known]
         if not shared:
             return False
-        same = sum(bool(n) and n in _normal(d)
-                   for n, d in zip((_normal(texts[q]) for q in shared), self.corpus.texts(shared)))
+        same = sum(_is_inside(texts[q], d) for q, d in zip(shared, self.corpus.texts(shared)))
         decided = 2 * same > len(shared)
         logger.info("%s/%s: %d of the %d queries whose id is a document id are that document; their own id is %s "
                     "their results", self.name, split, same, len(shared),
@@ -227,8 +235,18 @@ def load_beir_folder(path: str | os.PathLike, name: str | None = None,
 _LAYOUT_NAMES = ("corpus.jsonl", "corpus.jsonl.gz", "queries.jsonl", "queries.jsonl.gz", "queries.tsv")
 
 
-def _normal(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.casefold()))
+#: the fewest words a query needs to count as its same-id document's text (a word or two occur anywhere)
+MIN_SELF_WORDS = 3
+
+
+def _is_inside(query: str, document: str) -> bool:
+    """Whether ``query``'s words (at least :data:`MIN_SELF_WORDS`) appear in ``document`` in order, as whole words
+    (case and punctuation aside)."""
+    words = _WORD.findall(query.casefold())
+    return len(words) >= MIN_SELF_WORDS and f" {' '.join(words)} " in f" {' '.join(_WORD.findall(document.casefold()))} "
+
+
+_WORD = re.compile(r"\w+")
 
 
 def _first_existing(paths: list[Path]) -> Path | None:
