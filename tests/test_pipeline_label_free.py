@@ -253,6 +253,20 @@ def test_queries_stage_generates_resumably_and_imports(label_free, tiny_causal_l
     assert made.method == "import" and made.sources == {"x1": "d0", "x2": "d1"}
 
 
+def test_queries_are_made_from_a_sample_the_budget_sizes(label_free):
+    """Without max_documents, crops come from 4 documents per query of max_queries (all when the corpus is smaller),
+    so a large corpus is not cropped whole to keep a few thousand queries."""
+    counts = {}
+    for name, changes in [("budget", {"max_queries": 3}), ("set", {"max_queries": 3, "max_documents": 5}),
+                          ("small", {"max_queries": 10}), ("none", {"max_queries": None})]:
+        config = load_pipeline_config(label_free, {"name": name, "queries": {**LABEL_FREE, **changes}})
+        Pipeline(config).run(until="queries")
+        made = read_query_set(config.work_dir / "queries" / "queries.jsonl")
+        counts[name] = made.counts["documents"]
+        assert len({made.sources[q] for q in made.queries}) <= counts[name]
+    assert counts == {"budget": 12, "set": 5, "small": 30, "none": 30}  # the folder holds 30 documents
+
+
 def test_fitting_the_weights_beside_made_up_queries_mines_the_split_again(tiny_pipeline):  # noqa: F811
     """On a collection with a training split, ``fit_weights`` decides whether its judged queries are mined beside
     the made-up ones: flipping it makes ``mine`` stale, not only ``teach``."""

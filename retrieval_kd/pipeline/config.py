@@ -160,7 +160,7 @@ class QueriesConfig:
 
     ``crop``: ``method`` (``title``, ``sentence`` = inverse cloze task, ``span`` = Contriever cropping),
     ``per_document``, ``remove_sentence``, ``span_ratio``, ``min_span_words``, ``max_span_words``,
-    ``max_documents``, ``skip_empty``.
+    ``max_documents`` (a seeded sample of the corpus; default :attr:`documents`), ``skip_empty``.
 
     ``generate``: ``model`` (a causal LM, few-shot prompted, or a seq2seq doc2query model), ``examples`` (JSON
     lines ``{"document", "query"}``, 1-8), ``prompt``, ``per_document``, ``batch_size``, ``max_new_tokens``,
@@ -211,6 +211,22 @@ class QueriesConfig:
     def made_up(self) -> bool:
         """Whether the training queries are made from the corpus (a ``queries`` stage runs)."""
         return self.source != "split"
+
+    @property
+    def documents(self) -> int | None:
+        """How many documents ``crop`` and ``generate`` make queries from: ``max_documents``, else
+        :data:`DOCUMENTS_PER_QUERY` per query of the ``max_queries`` budget (None: every document)."""
+        if self.max_documents is not None or self.max_queries is None:
+            return self.max_documents
+        return DOCUMENTS_PER_QUERY * self.max_queries
+
+
+#: without ``queries.max_documents``, made-up queries come from a seeded sample of this many documents per query of
+#: the ``max_queries`` budget, so that a corpus of millions is not cropped, filtered or generated whole to keep a few
+#: thousand queries (the filters still choose among 8 sentence crops per kept query at 2 a document). A corpus no
+#: larger than that is used whole, as before: 3,000 queries read up to 12,000 documents (SciFact, TREC DL 2019's
+#: judged subset, Cranfield and CISI whole).
+DOCUMENTS_PER_QUERY = 4
 
 
 _QUERY_KEYS = {

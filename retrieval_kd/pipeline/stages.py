@@ -177,7 +177,7 @@ def make_queries(ctx: Context) -> dict:
     if q.source == "crop":
         made = crop_queries(coll, q.method, q.per_document or 1, q.seed, remove_sentence=q.remove_sentence,
                             span_ratio=tuple(q.span_ratio), min_span_words=q.min_span_words,
-                            max_span_words=q.max_span_words, max_documents=q.max_documents, skip_empty=q.skip_empty,
+                            max_span_words=q.max_span_words, max_documents=q.documents, skip_empty=q.skip_empty,
                             id_prefix=q.id_prefix)
     elif q.source == "generate":
         examples = read_examples(config_path(cfg, q.examples)) if q.examples else None
@@ -185,10 +185,14 @@ def make_queries(ctx: Context) -> dict:
                                    q.max_new_tokens, q.temperature, q.top_p, q.top_k, q.max_document_tokens,
                                    q.chat_template, q.device, q.dtype)
         made = generate_queries(generator, coll, out.with_name("generated.jsonl"), q.batch_size, q.seed,
-                                q.max_documents, q.skip_empty, id_prefix=q.id_prefix or "gen")
+                                q.documents, q.skip_empty, id_prefix=q.id_prefix or "gen")
     else:
         made = import_queries(config_path(cfg, q.path), coll, q.format, q.prefix, q.id_prefix or "gen")
     kept = sample_queries(apply_filters(made, filters, coll), q.max_queries, q.seed)
+    if q.max_queries and len(kept) < q.max_queries and q.source != "import" and q.documents is not None \
+            and q.documents < len(coll.corpus):
+        logger.warning("queries: %d kept, short of max_queries %d: they were made from a sample of %d documents "
+                       "(queries.max_documents); set it higher for more", len(kept), q.max_queries, q.documents)
     kept.provenance.update(filter_settings=filters.settings(), max_queries=q.max_queries)
     write_query_set(kept, out)
     logger.info("queries: kept %d of %d %s queries", len(kept), kept.counts.get("candidates", len(kept)),
