@@ -213,7 +213,7 @@ def make_queries(args, collection, work: Path) -> Path:
                             remove_sentence=args.remove_sentence, max_span_words=32, skip_empty=True,
                             filters=filters)
     if args.max_queries:
-        made = sample_queries(made, args.max_queries, 0)   # as the pipeline's queries.max_queries
+        made = sample_queries(made, args.max_queries, 0)   # of the whole corpus's queries
     write_query_set(made, out)
     logging.info("%s: %s", out, read_query_set(out).counts)
     return out

@@ -256,15 +256,30 @@ def test_queries_stage_generates_resumably_and_imports(label_free, tiny_causal_l
 def test_queries_are_made_from_a_sample_the_budget_sizes(label_free):
     """Without max_documents, crops come from 4 documents per query of max_queries (all when the corpus is smaller),
     so a large corpus is not cropped whole to keep a few thousand queries."""
-    counts = {}
+    counts, recorded = {}, {}
     for name, changes in [("budget", {"max_queries": 3}), ("set", {"max_queries": 3, "max_documents": 5}),
                           ("small", {"max_queries": 10}), ("none", {"max_queries": None})]:
         config = load_pipeline_config(label_free, {"name": name, "queries": {**LABEL_FREE, **changes}})
         Pipeline(config).run(until="queries")
         made = read_query_set(config.work_dir / "queries" / "queries.jsonl")
-        counts[name] = made.counts["documents"]
-        assert len({made.sources[q] for q in made.queries}) <= counts[name]
+        counts[name], recorded[name] = made.counts["documents"], made.provenance["settings"]["max_documents"]
     assert counts == {"budget": 12, "set": 5, "small": 30, "none": 30}  # the folder holds 30 documents
+    # a corpus the budget's sample would cover is read whole, and recorded as before (no sample)
+    assert recorded == {"budget": 12, "set": 5, "small": None, "none": None}
+
+
+def test_a_new_cap_on_a_small_corpus_does_not_generate_again(label_free, tiny_causal_lm, tmp_path, monkeypatch):
+    model, tokenizer = tiny_causal_lm
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    gen = {"source": "generate", "model": str(folder), "per_document": 1, "max_new_tokens": 4, "batch_size": 32,
+           "device": "cpu", "max_queries": 10, "filters": {"min_words": 1}}
+    Pipeline(load_pipeline_config(label_free, {"queries": gen})).run(until="queries")
+    monkeypatch.setattr(QueryGenerator, "generate", lambda *a, **k: pytest.fail("generated again"))
+    capped = load_pipeline_config(label_free, {"queries": {**gen, "max_queries": 9}})  # 36 or 40 documents: all 30
+    Pipeline(capped).run(until="queries")
+    assert len(read_query_set(capped.work_dir / "queries" / "queries.jsonl")) <= 9
 
 
 def test_fitting_the_weights_beside_made_up_queries_mines_the_split_again(tiny_pipeline):  # noqa: F811

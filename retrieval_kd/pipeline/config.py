@@ -165,7 +165,7 @@ class QueriesConfig:
     ``generate``: ``model`` (a causal LM, few-shot prompted, or a seq2seq doc2query model), ``examples`` (JSON
     lines ``{"document", "query"}``, 1-8), ``prompt``, ``per_document``, ``batch_size``, ``max_new_tokens``,
     ``max_document_tokens``, ``temperature``, ``top_p``, ``top_k``, ``chat_template``, ``device``, ``dtype``,
-    ``max_documents``, ``skip_empty``.
+    ``max_documents`` (as for crop), ``skip_empty``.
 
     ``import``: ``path`` (a BEIR generated-queries file, a GPL data folder or a TSV), ``format`` (``auto``,
     ``beir``, ``gpl``, ``tsv``), ``prefix`` (GPL's file prefix).

@@ -154,7 +154,8 @@ def make_queries(ctx: Context) -> dict:
 
     Generation writes the unfiltered queries to ``queries/generated.jsonl`` first, resumably (finished batches
     are kept in ``generated.jsonl.parts/``; a rerun with the same settings reuses the file), so a change of the
-    filters or of the cap filters again without generating again."""
+    filters or of the cap filters again without generating again (unless the cap sizes the documents' sample,
+    :attr:`QueriesConfig.documents`, on a corpus larger than that sample: then other documents are read)."""
     from retrieval_kd.queries import (
         QueryFilters,
         QueryGenerator,
@@ -174,10 +175,13 @@ def make_queries(ctx: Context) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     f = q.filters
     filters = QueryFilters(f.min_words, f.max_words, f.dedupe, f.round_trip, f.round_trip_k)
+    documents = q.documents  # the budget's sample only where it is smaller than the corpus: else, as before, all
+    if q.max_documents is None and documents is not None and documents >= len(coll.corpus):
+        documents = None
     if q.source == "crop":
         made = crop_queries(coll, q.method, q.per_document or 1, q.seed, remove_sentence=q.remove_sentence,
                             span_ratio=tuple(q.span_ratio), min_span_words=q.min_span_words,
-                            max_span_words=q.max_span_words, max_documents=q.documents, skip_empty=q.skip_empty,
+                            max_span_words=q.max_span_words, max_documents=documents, skip_empty=q.skip_empty,
                             id_prefix=q.id_prefix)
     elif q.source == "generate":
         examples = read_examples(config_path(cfg, q.examples)) if q.examples else None
@@ -185,14 +189,15 @@ def make_queries(ctx: Context) -> dict:
                                    q.max_new_tokens, q.temperature, q.top_p, q.top_k, q.max_document_tokens,
                                    q.chat_template, q.device, q.dtype)
         made = generate_queries(generator, coll, out.with_name("generated.jsonl"), q.batch_size, q.seed,
-                                q.documents, q.skip_empty, id_prefix=q.id_prefix or "gen")
+                                documents, q.skip_empty, id_prefix=q.id_prefix or "gen")
     else:
         made = import_queries(config_path(cfg, q.path), coll, q.format, q.prefix, q.id_prefix or "gen")
     kept = sample_queries(apply_filters(made, filters, coll), q.max_queries, q.seed)
-    if q.max_queries and len(kept) < q.max_queries and q.source != "import" and q.documents is not None \
-            and q.documents < len(coll.corpus):
-        logger.warning("queries: %d kept, short of max_queries %d: they were made from a sample of %d documents "
-                       "(queries.max_documents); set it higher for more", len(kept), q.max_queries, q.documents)
+    used, total = made.counts.get("documents"), made.counts.get("corpus_documents")
+    if q.max_queries and len(kept) < q.max_queries and documents is not None and used == documents < total:
+        logger.warning("queries: %d kept, short of max_queries %d: they were made from a sample of %d of the %d "
+                       "documents (queries.max_documents); set it higher for more", len(kept), q.max_queries, used,
+                       total)
     kept.provenance.update(filter_settings=filters.settings(), max_queries=q.max_queries)
     write_query_set(kept, out)
     logger.info("queries: kept %d of %d %s queries", len(kept), kept.counts.get("candidates", len(kept)),
