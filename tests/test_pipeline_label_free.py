@@ -224,13 +224,18 @@ def test_shipped_label_free_config_dry_runs_on_cranfield(mirror, tmp_path):
     assert all(r["status"] == "todo" for r in plan)
 
 
+def _saved(causal_lm, folder):
+    """The tiny causal LM saved as a model folder (what ``queries.model`` names)."""
+    model, tokenizer = causal_lm
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def test_queries_stage_generates_resumably_and_imports(label_free, tiny_causal_lm, tmp_path, monkeypatch):
     """source generate (a tiny causal LM saved as a folder) and import: the stage's wiring; a changed cap filters
     the generated queries again without generating again."""
-    model, tokenizer = tiny_causal_lm
-    folder = tmp_path / "tiny-llama"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = _saved(tiny_causal_lm, tmp_path / "tiny-llama")
     gen = {"source": "generate", "model": str(folder), "per_document": 2, "max_new_tokens": 6, "batch_size": 16,
            "device": "cpu", "max_documents": 8, "filters": {"min_words": 1}}
     config = load_pipeline_config(label_free, {"queries": gen})
@@ -269,10 +274,7 @@ def test_queries_are_made_from_a_sample_the_budget_sizes(label_free):
 
 
 def test_a_new_cap_on_a_small_corpus_does_not_generate_again(label_free, tiny_causal_lm, tmp_path, monkeypatch):
-    model, tokenizer = tiny_causal_lm
-    folder = tmp_path / "tiny-llama"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = _saved(tiny_causal_lm, tmp_path / "tiny-llama")
     gen = {"source": "generate", "model": str(folder), "per_document": 1, "max_new_tokens": 4, "batch_size": 32,
            "device": "cpu", "max_queries": 10, "filters": {"min_words": 1}}
     Pipeline(load_pipeline_config(label_free, {"queries": gen})).run(until="queries")
