@@ -237,6 +237,7 @@ _LAYOUT_NAMES = ("corpus.jsonl", "corpus.jsonl.gz", "queries.jsonl", "queries.js
 
 #: the fewest words a query needs to count as its same-id document's text (a word or two occur anywhere)
 MIN_SELF_WORDS = 3
+_WORD = re.compile(r"\w+")
 
 
 def _is_inside(query: str, document: str) -> bool:
@@ -244,9 +245,6 @@ def _is_inside(query: str, document: str) -> bool:
     (case and punctuation aside)."""
     words = _WORD.findall(query.casefold())
     return len(words) >= MIN_SELF_WORDS and f" {' '.join(words)} " in f" {' '.join(_WORD.findall(document.casefold()))} "
-
-
-_WORD = re.compile(r"\w+")
 
 
 def _first_existing(paths: list[Path]) -> Path | None:
