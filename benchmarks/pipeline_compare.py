@@ -52,12 +52,13 @@ def main() -> None:
     ev = evals[0][0]
     collection = load_collection(ev["dataset"])
     qrels = collection.qrels(ev["split"])
-    conv = collection.conventions_for(ev["split"])
-    stored = json.loads((experiments[0] / "metrics.json").read_text()) if (experiments[0] / "metrics.json").is_file() \
-        else {}
-    ignore_ids = next((m["ignore_identical_ids"] for m in stored.values() if "ignore_identical_ids" in m),
-                      conv.ignore_identical_ids)  # as the pipeline's evaluate stage judged the runs
+    level = collection.conventions.relevance_level
     name = ev.get("name") or f"{Path(ev['dataset']).name}-{ev['split']}"
+    metrics_file = experiments[0] / "metrics.json"
+    stored = json.loads(metrics_file.read_text()).get(name, {}) if metrics_file.is_file() else {}
+    ignore_ids = stored.get("ignore_identical_ids")  # as the pipeline's evaluate stage judged the runs
+    if ignore_ids is None:  # evaluated before it recorded the rule
+        ignore_ids = collection.conventions_for(ev["split"]).ignore_identical_ids
 
     scores, per_query = {}, {}
     for label, exp in zip(labels, experiments):
@@ -65,8 +66,7 @@ def main() -> None:
             path = exp / "runs" / name / f"{run}.run"
             if not path.is_file():
                 continue
-            result = evaluate(qrels, read_run(path), ["ndcg@10", "recall@100"], conv.relevance_level,
-                              bool(ignore_ids))
+            result = evaluate(qrels, read_run(path), ["ndcg@10", "recall@100"], level, ignore_ids)
             scores[f"{label}.{run}"] = {m: round(v, 4) for m, v in result.scores.items()}
             per_query[f"{label}.{run}"] = result.per_query["ndcg@10"]
 

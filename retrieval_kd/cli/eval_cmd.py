@@ -41,10 +41,12 @@ def _eval(args) -> int:
     if args.metrics:
         validate_metrics(args.metrics)  # before loading anything
     collection = load_collection(args.dataset)
-    conv = collection.conventions_for(args.split) if args.ignore_identical_ids is None else collection.conventions
+    conv = collection.conventions
     metrics = validate_metrics(args.metrics or list(conv.metrics))
     level = args.rel_level if args.rel_level is not None else conv.relevance_level
-    ignore_ids = bool(conv.ignore_identical_ids if args.ignore_identical_ids is None else args.ignore_identical_ids)
+    ignore_ids = args.ignore_identical_ids
+    if ignore_ids is None:  # the dataset's rule (a BEIR folder's: decided from its data)
+        ignore_ids = collection.conventions_for(args.split).ignore_identical_ids
     qrels = collection.qrels(args.split)
     top = max((g for docs in qrels.values() for g in docs.values()), default=0)
     if level > top:  # every binary measure would be 0 without a word
